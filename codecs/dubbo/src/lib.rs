@@ -1,0 +1,1 @@
+//! Meltemi dubbo codec (work in progress).

@@ -1,0 +1,1 @@
+//! Meltemi thrift codec (work in progress).

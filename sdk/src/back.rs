@@ -1,0 +1,233 @@
+//! The back transcoder: HTTP/1.1 requests from Envoy's router (arriving on an internal
+//! listener) → protocol frames for the real server, and the server's frames → HTTP responses.
+//!
+//! Pure state machine, one per internal connection. Mutations the route added travel as
+//! [`bridge::MUTATION_HEADER`] lines and are written into the frame by the codec here, at the
+//! last hop, so every route decision (including retries and mirrors) sees the original frame.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
+use crate::config::FilterConfig;
+use crate::front::Fatal;
+use crate::stats::{self, Sink};
+use crate::{http1, Codec, CodecErrorKind, MessageKind};
+
+/// What the server owes us next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    /// The response to a forwarded request.
+    Response,
+    /// The server's answer to the delivery probe sent after a one-way call with this id.
+    ProbeAnswer(u64),
+    /// A one-way call without a probe: nothing will come; Envoy's route timeout ends it.
+    Nothing,
+}
+
+/// Back-side state of one internal connection.
+pub struct Back<C: Codec> {
+    codec: C,
+    config: Rc<FilterConfig<C::Config>>,
+    /// Router bytes not yet forming a complete HTTP request.
+    request_partial: Vec<u8>,
+    /// Server bytes not yet forming a complete frame.
+    response_partial: Vec<u8>,
+    awaiting: VecDeque<Awaiting>,
+}
+
+impl<C: Codec> Back<C> {
+    /// State for a new internal connection.
+    pub fn new(config: Rc<FilterConfig<C::Config>>) -> Self {
+        Self {
+            codec: C::new(&config.codec),
+            config,
+            request_partial: Vec::new(),
+            response_partial: Vec::new(),
+            awaiting: VecDeque::new(),
+        }
+    }
+
+    /// Bytes from the router. Returns the protocol bytes to send to the server in their place.
+    pub fn on_router_data(&mut self, data: &[u8], sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
+        self.request_partial.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut offset = 0;
+        let result = loop {
+            let max_body = self.config.limits.max_frame_bytes;
+            let parsed = match http1::parse_request(&self.request_partial[offset..], max_body) {
+                Ok(Some(p)) => p,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(Fatal(format!("unreadable request from the router: {e}"))),
+            };
+            offset += parsed.len;
+            if let Err(e) = self.forward(&parsed, &mut out, sink) {
+                break Err(e);
+            }
+        };
+        self.request_partial.drain(..offset);
+        result.map(|()| out)
+    }
+
+    fn forward(
+        &mut self,
+        parsed: &http1::Parsed,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        let protocol = C::PROTOCOL;
+        let kind = parsed
+            .header(KIND_HEADER)
+            .and_then(MessageKind::parse)
+            .ok_or_else(|| {
+                Fatal(format!(
+                    "request {} did not come from a meltemi front (no {KIND_HEADER})",
+                    parsed.path
+                ))
+            })?;
+        let frame = parsed.body.as_slice();
+        let mutation = bridge::mutation_from_headers(parsed.header_all(bridge::MUTATION_HEADER));
+        let needs_message = !mutation.is_empty() || kind == MessageKind::OneWay;
+        let message = if needs_message {
+            match self.codec.decode(frame) {
+                Ok(Some(m)) if m.len == frame.len() => Some(m),
+                _ => {
+                    sink.count(
+                        &stats::name(
+                            stats::DECODE_ERRORS,
+                            &[("protocol", protocol), ("role", "back")],
+                        ),
+                        1,
+                    );
+                    return Err(Fatal(
+                        "bridged request body is not exactly one frame".into(),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        match &message {
+            Some(m) if !mutation.is_empty() => {
+                let start = out.len();
+                if let Err(e) = self.codec.encode(frame, m, &mutation, out) {
+                    out.truncate(start);
+                    let name = if e.kind() == CodecErrorKind::Unsupported {
+                        stats::name(stats::MUTATION_UNSUPPORTED, &[("protocol", protocol)])
+                    } else {
+                        stats::name(
+                            stats::DECODE_ERRORS,
+                            &[("protocol", protocol), ("role", "back")],
+                        )
+                    };
+                    sink.count(&name, 1);
+                    out.extend_from_slice(frame);
+                }
+            }
+            _ => out.extend_from_slice(frame),
+        }
+        let awaiting = match (kind, &message) {
+            (MessageKind::OneWay, Some(m)) => match self.codec.delivery_probe(m) {
+                Some(probe) => {
+                    out.extend_from_slice(&probe);
+                    Awaiting::ProbeAnswer(m.request_id)
+                }
+                None => Awaiting::Nothing,
+            },
+            _ => Awaiting::Response,
+        };
+        self.awaiting.push_back(awaiting);
+        Ok(())
+    }
+
+    /// Bytes from the server. Returns the HTTP bytes for the router in their place.
+    pub fn on_server_data(&mut self, data: &[u8], sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
+        let protocol = C::PROTOCOL;
+        self.response_partial.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut offset = 0;
+        let result = loop {
+            let rest = &self.response_partial[offset..];
+            if rest.is_empty() {
+                break Ok(());
+            }
+            let message = match self.codec.decode(rest) {
+                Ok(Some(m)) if m.len > 0 && m.len <= rest.len() => m,
+                Ok(Some(m)) => {
+                    break Err(Fatal(format!(
+                        "{protocol} codec returned an impossible frame length {}",
+                        m.len
+                    )))
+                }
+                Ok(None) => {
+                    if rest.len() > self.config.limits.max_frame_bytes {
+                        sink.count(
+                            &stats::name(
+                                stats::REFUSED,
+                                &[("protocol", protocol), ("reason", "frame_too_large")],
+                            ),
+                            1,
+                        );
+                        break Err(Fatal(
+                            "server frame larger than limits.max_frame_bytes".into(),
+                        ));
+                    }
+                    break Ok(());
+                }
+                Err(e) => {
+                    sink.count(
+                        &stats::name(
+                            stats::DECODE_ERRORS,
+                            &[("protocol", protocol), ("role", "back")],
+                        ),
+                        1,
+                    );
+                    break Err(Fatal(format!(
+                        "server sent a corrupt {protocol} stream: {e}"
+                    )));
+                }
+            };
+            let frame = offset..offset + message.len;
+            offset += message.len;
+            if message.kind == MessageKind::Heartbeat {
+                // A server-initiated keep-alive: the router has no use for it.
+                sink.count(
+                    &stats::name(
+                        stats::HEARTBEATS,
+                        &[("protocol", protocol), ("role", "back")],
+                    ),
+                    1,
+                );
+                continue;
+            }
+            while self.awaiting.front() == Some(&Awaiting::Nothing) {
+                self.awaiting.pop_front();
+            }
+            match self.awaiting.pop_front() {
+                Some(Awaiting::ProbeAnswer(id)) if id == message.request_id => {
+                    http1::write_response(&mut out, [(RESPONSE_HEADER, bridge::ONEWAY_ACK)], &[]);
+                }
+                Some(Awaiting::Response) => {
+                    let rid = message.request_id.to_string();
+                    let md = bridge::metadata_headers(&message.metadata);
+                    let headers = [
+                        (RESPONSE_HEADER, message.kind.as_str()),
+                        (RID_HEADER, rid.as_str()),
+                    ]
+                    .into_iter()
+                    .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
+                    http1::write_response(&mut out, headers, &self.response_partial[frame]);
+                }
+                other => {
+                    break Err(Fatal(format!(
+                        "server sent {} {} while the bridge awaited {other:?}",
+                        message.kind.as_str(),
+                        message.request_id
+                    )));
+                }
+            }
+        };
+        self.response_partial.drain(..offset);
+        result.map(|()| out)
+    }
+}

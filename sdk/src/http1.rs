@@ -1,0 +1,376 @@
+//! HTTP/1.1 framing between the bridge and Envoy's HTTP connection manager.
+//!
+//! Only what the bridge itself emits and receives: requests and responses with a
+//! `content-length` body (chunked bodies are read, never written). Header parsing is `httparse`;
+//! this module adds message boundaries and the small writers. Kept apart from the transcoders so
+//! that an HTTP/2 framing can replace it for multiplexing protocols.
+
+use std::fmt::Write as _;
+
+/// Most headers one bridged message may carry (metadata plus Envoy's own).
+pub const MAX_HEADERS: usize = 128;
+
+/// A parsed request or response head with its body location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// Response status code (0 for requests).
+    pub status: u16,
+    /// Request path ("" for responses).
+    pub path: String,
+    /// Headers in wire order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (de-chunked when the message was chunked).
+    pub body: Vec<u8>,
+    /// Bytes of the buffer the whole message used.
+    pub len: usize,
+}
+
+impl Parsed {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a (possibly repeated) header.
+    pub fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why bytes from Envoy could not be read as HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError(pub String);
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http/1.1: {}", self.0)
+    }
+}
+
+/// Parse one request at the start of `buf`; `Ok(None)` when more bytes are needed.
+pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Parsed>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HttpError(format!("bad request head: {e}"))),
+    };
+    let path = req.path.unwrap_or("").to_owned();
+    let headers = owned_headers(req.headers)?;
+    finish(buf, head_len, 0, path, headers, max_body)
+}
+
+/// Parse one response at the start of `buf`; `Ok(None)` when more bytes are needed.
+/// Informational (1xx) responses are returned like any other; callers skip them.
+pub fn parse_response(buf: &[u8], max_body: usize) -> Result<Option<Parsed>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(HttpError(format!("bad response head: {e}"))),
+    };
+    let status = resp.code.unwrap_or(0);
+    let headers = owned_headers(resp.headers)?;
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok(Some(Parsed {
+            status,
+            path: String::new(),
+            headers,
+            body: Vec::new(),
+            len: head_len,
+        }));
+    }
+    finish(buf, head_len, status, String::new(), headers, max_body)
+}
+
+fn owned_headers(headers: &[httparse::Header<'_>]) -> Result<Vec<(String, String)>, HttpError> {
+    headers
+        .iter()
+        .map(|h| {
+            let value = std::str::from_utf8(h.value)
+                .map_err(|_| HttpError(format!("header {} is not UTF-8", h.name)))?;
+            Ok((h.name.to_ascii_lowercase(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn finish(
+    buf: &[u8],
+    head_len: usize,
+    status: u16,
+    path: String,
+    headers: Vec<(String, String)>,
+    max_body: usize,
+) -> Result<Option<Parsed>, HttpError> {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        return match dechunk(&buf[head_len..], max_body)? {
+            None => Ok(None),
+            Some((body, used)) => Ok(Some(Parsed {
+                status,
+                path,
+                headers,
+                body,
+                len: head_len + used,
+            })),
+        };
+    }
+    let body_len = match find("content-length") {
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| HttpError(format!("bad content-length {v:?}")))?,
+        None => 0,
+    };
+    if body_len > max_body {
+        return Err(HttpError(format!(
+            "body of {body_len} bytes exceeds the {max_body} byte limit"
+        )));
+    }
+    let end = head_len
+        .checked_add(body_len)
+        .ok_or_else(|| HttpError("length overflow".into()))?;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    Ok(Some(Parsed {
+        status,
+        path,
+        headers,
+        body: buf[head_len..end].to_vec(),
+        len: end,
+    }))
+}
+
+fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
+    let start = buf.len();
+    let mut body = Vec::new();
+    loop {
+        let (size_len, size) = match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete(x)) => x,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(HttpError("bad chunk size".into())),
+        };
+        let size = usize::try_from(size).map_err(|_| HttpError("chunk too large".into()))?;
+        if body.len().saturating_add(size) > max_body {
+            return Err(HttpError(format!(
+                "chunked body exceeds the {max_body} byte limit"
+            )));
+        }
+        buf = &buf[size_len..];
+        if size == 0 {
+            // Trailers are not used by the bridge; accept an empty trailer section only.
+            if buf.len() < 2 {
+                return Ok(None);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(HttpError("trailers are not supported".into()));
+            }
+            return Ok(Some((body, start - buf.len() + 2)));
+        }
+        if buf.len() < size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&buf[..size]);
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(HttpError("chunk not followed by CRLF".into()));
+        }
+        buf = &buf[size + 2..];
+    }
+}
+
+/// Writes a request head and body. `seq` is written as the first header so that the front
+/// can recognise its own requests when Envoy shows unconsumed bytes to the filter again.
+pub fn write_request<'a>(
+    out: &mut Vec<u8>,
+    seq: u64,
+    authority: &str,
+    path: &str,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) {
+    let mut head = String::with_capacity(256);
+    let _ = write!(
+        head,
+        "POST {path} HTTP/1.1\r\n{SEQ_HEADER}: {seq}\r\nhost: {authority}\r\n"
+    );
+    for (k, v) in headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    let _ = write!(head, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Writes a `200 OK` response head and body.
+pub fn write_response<'a>(
+    out: &mut Vec<u8>,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    body: &[u8],
+) {
+    let mut head = String::with_capacity(128);
+    head.push_str("HTTP/1.1 200 OK\r\n");
+    for (k, v) in headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    let _ = write!(head, "content-length: {}\r\n\r\n", body.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body);
+}
+
+/// Name of the sequence header [`write_request`] puts first.
+pub const SEQ_HEADER: &str = "x-meltemi-seq";
+
+/// The sequence number of a request written by [`write_request`] that starts `buf`, if any.
+pub fn leading_seq(buf: &[u8]) -> Option<u64> {
+    if !buf.starts_with(b"POST /") {
+        return None;
+    }
+    let window = &buf[..buf.len().min(8192)];
+    let line_end = window.windows(2).position(|w| w == b"\r\n")?;
+    let rest = &window[line_end + 2..];
+    let rest = rest
+        .strip_prefix(SEQ_HEADER.as_bytes())?
+        .strip_prefix(b": ")?;
+    let digits_end = rest.iter().position(|b| !b.is_ascii_digit())?;
+    if rest.get(digits_end..digits_end + 2) != Some(b"\r\n") {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits_end]).ok()?.parse().ok()
+}
+
+/// True for a valid HTTP header name (RFC 9110 token) in lower case.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// True for a header value Envoy and the bridge can carry unchanged.
+pub fn is_header_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+        && !value.starts_with([' ', '\t'])
+        && !value.ends_with([' ', '\t'])
+}
+
+/// Percent-encodes a path segment (everything but RFC 3986 unreserved characters and `:@`).
+pub fn encode_path_segment(out: &mut String, segment: &str) {
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@$".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Percent-encodes `=` , `%` and non-printable bytes so a key/value pair fits one header value.
+pub fn encode_pair_part(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '%' | '=' | ',' => {
+                let _ = write!(out, "%{:02X}", c as u32);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "%{:02X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Inverse of [`encode_pair_part`]; `None` for invalid escapes.
+pub fn decode_pair_part(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_and_seq() {
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            42,
+            "svc",
+            "/svc/m",
+            [("method", "m")],
+            b"\x00\x01body",
+        );
+        assert_eq!(leading_seq(&out), Some(42));
+        let p = parse_request(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(p.path, "/svc/m");
+        assert_eq!(p.header("host"), Some("svc"));
+        assert_eq!(p.header("method"), Some("m"));
+        assert_eq!(p.body, b"\x00\x01body");
+        assert_eq!(p.len, out.len());
+        for cut in 0..out.len() {
+            assert_eq!(
+                parse_request(&out[..cut], 1 << 20).unwrap(),
+                None,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunked_response_is_dechunked() {
+        let raw = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\n!!!\r\n0\r\n\r\nNEXT";
+        let p = parse_response(raw, 100).unwrap().unwrap();
+        assert_eq!(p.status, 503);
+        assert_eq!(p.body, b"hello!!!");
+        assert_eq!(&raw[p.len..], b"NEXT");
+    }
+
+    #[test]
+    fn oversize_body_is_refused() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n";
+        assert!(parse_response(raw, 10).is_err());
+    }
+
+    #[test]
+    fn pair_encoding_round_trips() {
+        let mut s = String::new();
+        encode_pair_part(&mut s, "a=b%c,\n\u{e9}");
+        assert!(is_header_value(&s));
+        assert_eq!(decode_pair_part(&s).as_deref(), Some("a=b%c,\n\u{e9}"));
+    }
+
+    #[test]
+    fn foreign_bytes_have_no_seq() {
+        assert_eq!(leading_seq(b"POST /a HTTP/1.1\r\nhost: x\r\n"), None);
+        assert_eq!(leading_seq(b"\xda\xbb\x02"), None);
+    }
+}

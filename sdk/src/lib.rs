@@ -1,0 +1,37 @@
+//! Meltemi SDK: write one [`Codec`] for a protocol and get a proxy-wasm network filter that
+//! bridges it through Envoy's HTTP connection manager (routing, rate limits, faults, RBAC, ...).
+//!
+//! The crate has two halves. The pure half (codec contract, transcoders, HTTP/1.1 framing,
+//! metrics naming) is plain Rust, tested natively. The glue half ([`wasm`], compiled only for
+//! `wasm32`) binds it to the proxy-wasm ABI; [`export_codec!`] is the one line a codec crate
+//! needs.
+
+pub mod back;
+pub mod bridge;
+pub mod codec;
+pub mod config;
+pub mod front;
+pub mod http1;
+pub mod metadata;
+pub mod stats;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
+
+pub use codec::{Codec, CodecError, CodecErrorKind, ErrorKind, Message, MessageKind};
+pub use metadata::Metadata;
+
+/// Exports `$codec` as the proxy-wasm network filter of this `.wasm` module.
+///
+/// ```ignore
+/// meltemi_sdk::export_codec!(my_codec::MyCodec);
+/// ```
+/// Expands to nothing outside wasm32, so the crate still builds and tests natively.
+#[macro_export]
+macro_rules! export_codec {
+    ($codec:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        $crate::wasm::proxy_wasm::main! {{
+            $crate::wasm::start::<$codec>();
+        }}
+    };
+}

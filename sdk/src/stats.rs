@@ -1,0 +1,148 @@
+//! Request-level metrics: names, labels and the sink the transcoders report to.
+//!
+//! Labels are encoded into the stat name the way Istio's stats plugin does it
+//! (`name;.;label=.=value`), and Envoy's bootstrap `stats_config.stats_tags` turns them back
+//! into tags, so Prometheus sees `meltemi_requests_total{protocol="thrift",service=...}`.
+//! [`STATS_TAGS`] lists the regexes the bootstrap needs.
+
+use std::fmt::Write as _;
+
+/// Requests (two-way and one-way) received from clients.
+pub const REQUESTS: &str = "meltemi_requests_total";
+/// Answers delivered to clients, by `outcome`: success, business_error, local_reply, oneway.
+pub const RESPONSES: &str = "meltemi_responses_total";
+/// Replies built by the bridge itself, by `kind` (an [`crate::ErrorKind`] name).
+pub const LOCAL_REPLIES: &str = "meltemi_local_replies_total";
+/// Request-to-answer latency in milliseconds.
+pub const DURATION: &str = "meltemi_request_duration_ms";
+/// Requests in flight (gauge).
+pub const ACTIVE: &str = "meltemi_active_requests";
+/// Corrupt streams; each closed one connection. Label `role` (front/back).
+pub const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
+/// Refusals by `reason`: frame_too_large, too_many_pending, metadata_limit.
+pub const REFUSED: &str = "meltemi_refused_total";
+/// Mutations the codec could not represent (frame forwarded unchanged).
+pub const MUTATION_UNSUPPORTED: &str = "meltemi_mutation_unsupported_total";
+/// Heartbeats answered (front) or dropped (back, server-initiated), by `role`.
+pub const HEARTBEATS: &str = "meltemi_heartbeats_total";
+
+/// `stats_config.stats_tags` entries for the Envoy bootstrap: (tag_name, regex).
+pub const STATS_TAGS: [(&str, &str); 7] = [
+    ("protocol", r"(;\.;protocol=\.=(.*?))(?:;\.;|$)"),
+    ("role", r"(;\.;role=\.=(.*?))(?:;\.;|$)"),
+    ("service", r"(;\.;service=\.=(.*?))(?:;\.;|$)"),
+    ("method", r"(;\.;method=\.=(.*?))(?:;\.;|$)"),
+    ("outcome", r"(;\.;outcome=\.=(.*?))(?:;\.;|$)"),
+    ("kind", r"(;\.;kind=\.=(.*?))(?:;\.;|$)"),
+    ("reason", r"(;\.;reason=\.=(.*?))(?:;\.;|$)"),
+];
+
+/// Where transcoders report. The wasm glue maps it onto proxy-wasm metrics; tests record.
+pub trait Sink {
+    /// Adds `n` to a counter.
+    fn count(&mut self, name: &str, n: u64);
+    /// Adds `delta` to a gauge.
+    fn gauge(&mut self, name: &str, delta: i64);
+    /// Records one histogram sample.
+    fn record(&mut self, name: &str, value: u64);
+}
+
+/// Builds a stat name with labels. Values are sanitised so they cannot break the encoding.
+pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = String::with_capacity(base.len() + 64);
+    s.push_str(base);
+    for (label, value) in labels {
+        let _ = write!(s, ";.;{label}=.=");
+        push_sanitized(&mut s, value);
+    }
+    s
+}
+
+/// Longest label value kept; longer ones are cut (they come from the network).
+const MAX_VALUE: usize = 96;
+
+fn push_sanitized(s: &mut String, value: &str) {
+    if value.is_empty() {
+        s.push('-');
+        return;
+    }
+    for c in value.chars().take(MAX_VALUE) {
+        if c.is_ascii_alphanumeric() || "_-.:/$".contains(c) {
+            s.push(c);
+        } else {
+            s.push('_');
+        }
+    }
+}
+
+/// A sink that keeps everything in memory (tests, fuzzing).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Counter values by full stat name.
+    pub counters: std::collections::BTreeMap<String, u64>,
+    /// Gauge values by full stat name.
+    pub gauges: std::collections::BTreeMap<String, i64>,
+    /// Histogram samples by full stat name.
+    pub samples: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+impl Recorder {
+    /// Sum of every counter whose name starts with `base` and contains all `labels`.
+    pub fn total(&self, base: &str, labels: &[(&str, &str)]) -> u64 {
+        self.counters
+            .iter()
+            .filter(|(k, _)| matches(k, base, labels))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Sum of every gauge matching like [`Recorder::total`].
+    pub fn gauge_total(&self, base: &str, labels: &[(&str, &str)]) -> i64 {
+        self.gauges
+            .iter()
+            .filter(|(k, _)| matches(k, base, labels))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+}
+
+fn matches(name: &str, base: &str, labels: &[(&str, &str)]) -> bool {
+    name.starts_with(base)
+        && name[base.len()..].is_empty() | name[base.len()..].starts_with(";.;")
+        && labels
+            .iter()
+            .all(|(l, v)| name.contains(&format!(";.;{l}=.={v}")))
+}
+
+impl Sink for Recorder {
+    fn count(&mut self, name: &str, n: u64) {
+        *self.counters.entry(name.to_owned()).or_default() += n;
+    }
+    fn gauge(&mut self, name: &str, delta: i64) {
+        *self.gauges.entry(name.to_owned()).or_default() += delta;
+    }
+    fn record(&mut self, name: &str, value: u64) {
+        self.samples.entry(name.to_owned()).or_default().push(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_encode_labels_and_sanitise() {
+        let n = name(
+            REQUESTS,
+            &[
+                ("protocol", "thrift"),
+                ("service", "a.b;.;x=.=y"),
+                ("method", ""),
+            ],
+        );
+        assert_eq!(
+            n,
+            "meltemi_requests_total;.;protocol=.=thrift;.;service=.=a.b_._x_._y;.;method=.=-"
+        );
+    }
+}

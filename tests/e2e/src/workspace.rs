@@ -1,0 +1,68 @@
+//! Where things are: the repository root, built wasm modules, free loopback ports.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// The repository root (two levels above this crate).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+static BUILD: Mutex<()> = Mutex::new(());
+
+/// Builds `package` for `wasm32-wasip1` in release mode (once per call site; cargo makes
+/// repeated builds cheap) and returns the module's path.
+pub fn build_wasm(package: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = root();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            package,
+        ])
+        .status()
+        .expect("run cargo build for wasm");
+    assert!(
+        status.success(),
+        "building {package} for wasm32-wasip1 failed"
+    );
+    let path = root
+        .join("target/wasm32-wasip1/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Replaces every `{{NAME}}` in `template` with its value; panics on a placeholder left over.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    let body: String = out
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!body.contains("{{"), "unfilled placeholder in:\n{body}");
+    out
+}
