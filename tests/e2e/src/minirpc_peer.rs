@@ -207,3 +207,45 @@ fn serve(mut conn: TcpStream, tag: &str, oneways: &AtomicU64, pings: &AtomicU64)
         }
     }
 }
+
+/// The MiniRPC example deployed: two tagged servers (v1, v2) behind a real Envoy running the
+/// bridge from `examples/minirpc/envoy/bridge.yaml`.
+pub struct Deployment {
+    /// The running Envoy.
+    pub envoy: crate::envoy::Envoy,
+    /// Envoy's MiniRPC listener on 127.0.0.1.
+    pub port: u16,
+    /// Server answering as `v1`.
+    pub v1: Server,
+    /// Server answering as `v2`.
+    pub v2: Server,
+}
+
+impl Deployment {
+    /// Builds `minirpc.wasm`, starts both servers and Envoy.
+    pub fn start(name: &str) -> Deployment {
+        use crate::workspace;
+        let wasm = workspace::build_wasm("minirpc");
+        let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+        let (port, admin) = (workspace::free_port(), workspace::free_port());
+        let path = workspace::root().join("examples/minirpc/envoy/bridge.yaml");
+        let template = std::fs::read_to_string(&path).expect("examples/minirpc/envoy/bridge.yaml");
+        let config = workspace::render(
+            &template,
+            &[
+                ("ADMIN_PORT", admin.to_string()),
+                ("LISTEN_PORT", port.to_string()),
+                ("V1_PORT", v1.port.to_string()),
+                ("V2_PORT", v2.port.to_string()),
+                ("WASM", wasm.display().to_string()),
+            ],
+        );
+        let envoy = crate::envoy::Envoy::start(name, &config, admin);
+        Deployment {
+            envoy,
+            port,
+            v1,
+            v2,
+        }
+    }
+}

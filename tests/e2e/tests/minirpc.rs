@@ -6,42 +6,11 @@ use std::sync::atomic::Ordering;
 use std::thread::sleep;
 use std::time::Duration;
 
-use meltemi_e2e::envoy::Envoy;
-use meltemi_e2e::minirpc_peer::{encode, request, Client, Server};
-use meltemi_e2e::workspace;
+use meltemi_e2e::minirpc_peer::{encode, request, Client, Deployment};
 use minirpc::kind;
 
-struct Setup {
-    envoy: Envoy,
-    port: u16,
-    v1: Server,
-    v2: Server,
-}
-
-fn setup(name: &str) -> Setup {
-    let wasm = workspace::build_wasm("minirpc");
-    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
-    let (port, admin) = (workspace::free_port(), workspace::free_port());
-    let template =
-        std::fs::read_to_string(workspace::root().join("examples/minirpc/envoy/bridge.yaml"))
-            .unwrap();
-    let config = workspace::render(
-        &template,
-        &[
-            ("ADMIN_PORT", admin.to_string()),
-            ("LISTEN_PORT", port.to_string()),
-            ("V1_PORT", v1.port.to_string()),
-            ("V2_PORT", v2.port.to_string()),
-            ("WASM", wasm.display().to_string()),
-        ],
-    );
-    let envoy = Envoy::start(name, &config, admin);
-    Setup {
-        envoy,
-        port,
-        v1,
-        v2,
-    }
+fn setup(name: &str) -> Deployment {
+    Deployment::start(name)
 }
 
 fn payload_of(f: &meltemi_e2e::minirpc_peer::Frame) -> String {
