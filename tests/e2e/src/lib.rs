@@ -3,5 +3,6 @@
 //! process it started (by PID, on drop, also when a test fails).
 
 pub mod envoy;
+pub mod load;
 pub mod minirpc_peer;
 pub mod workspace;
