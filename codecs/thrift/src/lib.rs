@@ -1,1 +1,518 @@
-//! Meltemi thrift codec (work in progress).
+//! Meltemi Thrift codec: Apache Thrift / fbthrift RPC as a Meltemi [`Codec`].
+//!
+//! Supports every combination real Thrift stacks speak:
+//! - transports: framed, unframed (buffered), THeader; detected per connection when `auto`;
+//! - protocols: binary strict (`0x8001`) and old non-strict, compact; detected when `auto`,
+//!   named by the frame itself under THeader;
+//! - TMultiplexedProtocol names (`Service:method`).
+//!
+//! # Why hand-written
+//! Thrift libraries (the `thrift` crate, `thrift_codec`, ...) deserialize into owned values of a
+//! generated or generic type, need the whole message, and panic or allocate per field. A proxy
+//! needs the opposite: find the message end without materialising anything, read only the
+//! header (and for a reply, the first field id), survive hostile input in a wasm VM, and tell
+//! "need more bytes" from "corrupt". None fits, so the readers here are small and zero-copy.
+//!
+//! # Metadata
+//! `service` (only for `Service:method` names; `method` is then the part after the first colon),
+//! `method`, `message_type` (`call`, `reply`, `exception`, `oneway`), then every THeader info
+//! header verbatim (both INFO_KEYVALUE and INFO_PKEYVALUE, in wire order; bytes that are not
+//! UTF-8 are replaced with U+FFFD). The codec's own keys come first, so `Metadata::get` returns
+//! them even if an info header reuses a name.
+//!
+//! `request_id` is the message seqid: the i32's bit pattern as u32, widened to u64 (seqid -1 is
+//! `0xffff_ffff`), so a response matches its request whatever the sign.
+//!
+//! # Kinds
+//! CALL → Request, ONEWAY → OneWay, EXCEPTION (TApplicationException) → Exception, REPLY →
+//! Response unless the result struct's first field is not field 0 (the success slot), which is
+//! a declared exception → Exception. An empty result struct (a `void` method) is a Response.
+
+#![forbid(unsafe_code)]
+// A panic traps the wasm VM for every connection of the worker: keep panicking constructs out of
+// the codec itself (tests may use them).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
+mod binary;
+mod compact;
+pub mod config;
+mod cursor;
+mod header;
+mod message;
+pub mod reply;
+mod skip;
+pub mod transport;
+
+use std::collections::VecDeque;
+
+use meltemi_sdk::{Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
+
+pub use config::{Config, ProtocolConfig, TransportConfig};
+pub use message::Protocol;
+pub use transport::Transport;
+
+use cursor::{malformed, Cursor, DecodeError, Res};
+use message::{MessageHead, MessageType};
+
+/// How many recently decoded requests are remembered for error replies and probes. A reply
+/// needs the exact name and framing the client sent; a bounded ring keeps memory flat even
+/// when a client pipelines without waiting.
+const RECENT: usize = 64;
+
+/// What an error reply or probe needs to know about a request.
+#[derive(Debug, Clone)]
+struct Recent {
+    seqid: i32,
+    name: Vec<u8>,
+    protocol: Protocol,
+    /// THeader frame seqid, when the request came in a THeader frame.
+    header_seqid: Option<i32>,
+}
+
+/// The Thrift codec: one value per connection side. It remembers the detected transport and
+/// protocol, and the last [`RECENT`] requests.
+#[derive(Debug, Clone)]
+pub struct ThriftCodec {
+    config: Config,
+    transport: Option<Transport>,
+    protocol: Option<Protocol>,
+    recent: VecDeque<Recent>,
+}
+
+impl ThriftCodec {
+    /// The transport in use on this connection, once detected.
+    pub fn transport(&self) -> Option<Transport> {
+        self.transport
+    }
+
+    /// The protocol of the last decoded message.
+    pub fn protocol(&self) -> Option<Protocol> {
+        self.protocol
+    }
+
+    fn max_depth(&self) -> usize {
+        self.config.max_depth.max(1) as usize
+    }
+
+    /// The protocol of a body outside THeader: configured, or sniffed and then locked to the
+    /// family first seen on the connection.
+    fn body_protocol(&self, body: &[u8]) -> Res<Protocol> {
+        let proto = match self.config.protocol {
+            ProtocolConfig::Binary => Protocol::Binary { strict: true },
+            ProtocolConfig::Compact => Protocol::Compact,
+            ProtocolConfig::Auto => transport::sniff_protocol(body)?,
+        };
+        if let Some(seen) = self.protocol {
+            if !seen.same_family(proto) {
+                return malformed("thrift protocol changed mid-connection");
+            }
+        }
+        Ok(proto)
+    }
+
+    fn decode_inner(&mut self, buf: &[u8]) -> Res<Message> {
+        let transport = match (self.transport, self.config.transport) {
+            (Some(t), _) => t,
+            (None, TransportConfig::Auto) => transport::detect(buf)?,
+            (None, TransportConfig::Framed) => Transport::Framed,
+            (None, TransportConfig::Unframed) => Transport::Unframed,
+            (None, TransportConfig::Header) => Transport::Header,
+        };
+        self.transport = Some(transport);
+
+        let mut metadata = Metadata::new();
+        let (len, head, first_field, header_seqid) = match transport {
+            Transport::Framed => {
+                let body_len = transport::framed_len(buf)?;
+                let avail = buf.get(4..).unwrap_or_default();
+                let Some(body) = avail.get(..body_len) else {
+                    // Fail fast on garbage: check the message header as far as it has arrived.
+                    let proto = self.body_protocol(avail)?;
+                    read_head(&mut Cursor::open(avail), proto)?;
+                    return Err(DecodeError::Incomplete);
+                };
+                let mut cur = Cursor::bounded(body);
+                let head = read_head(&mut cur, self.body_protocol(body)?)?;
+                let first = reply_first_field(&mut cur, &head)?;
+                (4 + body_len, head, first, None)
+            }
+            Transport::Unframed => {
+                let mut cur = Cursor::open(buf);
+                let head = read_head(&mut cur, self.body_protocol(buf)?)?;
+                let first = skip::skip_struct(&mut cur, head.protocol, self.max_depth())?;
+                (cur.pos(), head, first, None)
+            }
+            Transport::Header => {
+                let frame = header::parse(buf)?;
+                let proto = match frame.protocol_id {
+                    2 => Protocol::Compact,
+                    _ => Protocol::Binary { strict: true },
+                };
+                let mut cur = Cursor::bounded(frame.payload);
+                let head = read_head(&mut cur, proto)?;
+                let first = reply_first_field(&mut cur, &head)?;
+                for h in &frame.headers {
+                    metadata.push(
+                        String::from_utf8_lossy(h.key),
+                        String::from_utf8_lossy(h.value),
+                    );
+                }
+                (frame.total_len, head, first, Some(frame.seqid))
+            }
+        };
+
+        let kind = match head.mtype {
+            MessageType::Call => MessageKind::Request,
+            MessageType::Oneway => MessageKind::OneWay,
+            MessageType::Exception => MessageKind::Exception,
+            MessageType::Reply => match first_field {
+                Some(id) if id != 0 => MessageKind::Exception,
+                _ => MessageKind::Response,
+            },
+        };
+
+        let mut own = Metadata::new();
+        let name = String::from_utf8_lossy(head.name);
+        match name.split_once(':') {
+            Some((service, method)) => {
+                own.push("service", service);
+                own.push("method", method);
+            }
+            None => own.push("method", name.as_ref()),
+        }
+        own.push("message_type", head.mtype.as_str());
+        for (k, v) in metadata.iter() {
+            own.push(k, v);
+        }
+
+        self.protocol = Some(head.protocol);
+        if kind.is_request() {
+            if self.recent.len() >= RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Recent {
+                seqid: head.seqid,
+                name: head.name.to_vec(),
+                protocol: head.protocol,
+                header_seqid,
+            });
+        }
+        Ok(Message {
+            len,
+            kind,
+            request_id: u64::from(head.seqid as u32),
+            metadata: own,
+        })
+    }
+
+    /// What to reply with for `request`: the remembered request if still known, else what
+    /// its metadata and the connection state say. Many clients reuse one seqid for every call
+    /// (Apache Thrift's Python client always sends 0), so the method must match too.
+    fn recall(&mut self, request: &Message, take: bool) -> Option<Recent> {
+        let seqid = request.request_id as u32 as i32;
+        let method = request.metadata.get("method")?;
+        let name = match request.metadata.get("service") {
+            Some(service) => format!("{service}:{method}"),
+            None => method.to_owned(),
+        };
+        let same_call = |r: &Recent| {
+            let n = String::from_utf8_lossy(&r.name);
+            r.seqid == seqid
+                && (n == name
+                    || n == method
+                    || n.strip_suffix(method).is_some_and(|s| s.ends_with(':')))
+        };
+        if let Some(i) = self.recent.iter().rposition(same_call) {
+            return if take {
+                self.recent.remove(i)
+            } else {
+                self.recent.get(i).cloned()
+            };
+        }
+        let header_seqid = (self.transport == Some(Transport::Header)).then_some(seqid);
+        Some(Recent {
+            seqid,
+            name: name.into_bytes(),
+            protocol: self.protocol?,
+            header_seqid,
+        })
+    }
+}
+
+fn read_head<'a>(cur: &mut Cursor<'a>, proto: Protocol) -> Res<MessageHead<'a>> {
+    match proto {
+        Protocol::Binary { .. } => binary::read_message_begin(cur),
+        Protocol::Compact => compact::read_message_begin(cur),
+    }
+}
+
+/// For a REPLY inside a known frame, only the result struct's first field header is read.
+fn reply_first_field(cur: &mut Cursor<'_>, head: &MessageHead<'_>) -> Res<Option<i16>> {
+    if head.mtype == MessageType::Reply {
+        skip::first_field_id(cur, head.protocol)
+    } else {
+        Ok(None)
+    }
+}
+
+impl Codec for ThriftCodec {
+    const PROTOCOL: &'static str = "thrift";
+    type Config = Config;
+
+    fn new(config: &Config) -> Self {
+        Self {
+            config: config.clone(),
+            transport: None,
+            protocol: None,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<Message>, CodecError> {
+        match self.decode_inner(buf) {
+            Ok(m) => Ok(Some(m)),
+            Err(DecodeError::Incomplete) => Ok(None),
+            Err(DecodeError::Malformed(m)) => Err(CodecError::malformed(m)),
+        }
+    }
+
+    /// Only THeader frames have somewhere to put key/values (info headers); other transports
+    /// refuse rather than touch the frame.
+    fn encode(
+        &mut self,
+        frame: &[u8],
+        _message: &Message,
+        mutation: &Metadata,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let transport = match self.transport {
+            Some(t) => t,
+            None => transport::detect(frame).unwrap_or(Transport::Unframed),
+        };
+        if transport != Transport::Header {
+            return Err(CodecError::unsupported(format!(
+                "thrift {} transport has no headers to carry a mutation",
+                transport.as_str()
+            )));
+        }
+        header::rewrite(frame, mutation, out)
+    }
+
+    fn error_reply(&mut self, request: &Message, kind: ErrorKind, detail: &str) -> Option<Vec<u8>> {
+        let transport = self.transport?;
+        let r = self.recall(request, true)?;
+        let msg = reply::app_exception_message(
+            r.protocol,
+            &r.name,
+            r.seqid,
+            detail,
+            reply::app_exception_type(kind),
+        );
+        reply::frame(
+            transport,
+            r.protocol,
+            r.header_seqid.unwrap_or(r.seqid),
+            msg,
+        )
+    }
+
+    /// An empty CALL to [`reply::PROBE_METHOD`] (prefixed with the one-way call's service when
+    /// it was multiplexed, so a TMultiplexedProcessor routes it to a known service) with the
+    /// one-way call's seqid. The server's UNKNOWN_METHOD exception acknowledges the call.
+    fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
+        let transport = self.transport?;
+        let r = self.recall(oneway, false)?;
+        let name = match r.name.iter().position(|b| *b == b':') {
+            Some(i) => {
+                let mut n = r.name.get(..=i)?.to_vec();
+                n.extend_from_slice(reply::PROBE_METHOD.as_bytes());
+                n
+            }
+            None => reply::PROBE_METHOD.as_bytes().to_vec(),
+        };
+        let msg = reply::empty_call(r.protocol, &name, r.seqid);
+        reply::frame(
+            transport,
+            r.protocol,
+            r.header_seqid.unwrap_or(r.seqid),
+            msg,
+        )
+    }
+}
+
+// The one line that makes this crate a proxy-wasm network filter (`meltemi_thrift.wasm`).
+meltemi_sdk::export_codec!(ThriftCodec);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strict_call(name: &str, seqid: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        binary::write_message_begin(&mut m, name.as_bytes(), MessageType::Call, seqid, true);
+        m.push(0);
+        m
+    }
+
+    fn framed(msg: &[u8]) -> Vec<u8> {
+        let mut f = (msg.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(msg);
+        f
+    }
+
+    #[test]
+    fn error_reply_needs_a_known_connection() {
+        let mut c = ThriftCodec::new(&Config::default());
+        let m = Message {
+            len: 1,
+            kind: MessageKind::Request,
+            request_id: 1,
+            metadata: Metadata::new(),
+        };
+        assert_eq!(c.error_reply(&m, ErrorKind::Internal, "x"), None);
+        assert_eq!(c.delivery_probe(&m), None);
+    }
+
+    #[test]
+    fn protocol_family_is_locked_per_connection() {
+        let mut c = ThriftCodec::new(&Config::default());
+        assert!(c.decode(&framed(&strict_call("a", 1))).unwrap().is_some());
+        let mut compact_msg = Vec::new();
+        compact::write_message_begin(&mut compact_msg, b"a", MessageType::Call, 2);
+        compact_msg.push(0);
+        let err = c.decode(&framed(&compact_msg)).unwrap_err();
+        assert!(err.message().contains("changed"));
+    }
+
+    #[test]
+    fn configured_transport_is_trusted() {
+        // A framed stream read as unframed never yields a message: the length is taken as a
+        // non-strict name length.
+        let cfg = Config {
+            transport: TransportConfig::Unframed,
+            ..Config::default()
+        };
+        let mut c = ThriftCodec::new(&cfg);
+        assert!(!matches!(
+            c.decode(&framed(&strict_call("echo", 1))),
+            Ok(Some(_))
+        ));
+        let cfg = Config {
+            protocol: ProtocolConfig::Compact,
+            ..Config::default()
+        };
+        assert!(ThriftCodec::new(&cfg)
+            .decode(&strict_call("echo", 1))
+            .is_err());
+    }
+
+    #[test]
+    fn theader_reply_keeps_header_seqid_and_protocol() {
+        // THeader seqid 77 around a compact message with seqid 5.
+        let mut msg = Vec::new();
+        compact::write_message_begin(&mut msg, b"Svc:m", MessageType::Call, 5);
+        msg.push(0);
+        let mut frame = Vec::new();
+        header::write_plain(&mut frame, 77, 2, &msg).unwrap();
+        let mut c = ThriftCodec::new(&Config::default());
+        let req = c.decode(&frame).unwrap().unwrap();
+        assert_eq!(
+            (
+                req.request_id,
+                req.metadata.get("service"),
+                req.metadata.get("method")
+            ),
+            (5, Some("Svc"), Some("m"))
+        );
+        let reply = c
+            .error_reply(&req, ErrorKind::OverLimit, "slow down")
+            .unwrap();
+        let parsed = header::parse(&reply).unwrap();
+        assert_eq!((parsed.seqid, parsed.protocol_id), (77, 2));
+        let head = compact::read_message_begin(&mut Cursor::bounded(parsed.payload)).unwrap();
+        assert_eq!(
+            (head.name, head.seqid, head.mtype),
+            (&b"Svc:m"[..], 5, MessageType::Exception)
+        );
+        // A request is answered once: the second reply falls back to the metadata and the
+        // message seqid.
+        let again = c.error_reply(&req, ErrorKind::OverLimit, "x").unwrap();
+        assert_eq!(header::parse(&again).unwrap().seqid, 5);
+    }
+
+    #[test]
+    fn probe_keeps_the_service_prefix_and_seqid() {
+        let mut msg = Vec::new();
+        binary::write_message_begin(&mut msg, b"Echo:notify", MessageType::Oneway, -2, false);
+        msg.push(0);
+        let mut c = ThriftCodec::new(&Config::default());
+        let ow = c.decode(&msg).unwrap().unwrap();
+        assert_eq!((ow.kind, ow.request_id), (MessageKind::OneWay, 0xffff_fffe));
+        let probe = c.delivery_probe(&ow).unwrap();
+        let mut expected = Vec::new();
+        binary::write_message_begin(
+            &mut expected,
+            b"Echo:__meltemi_probe",
+            MessageType::Call,
+            -2,
+            false,
+        );
+        expected.push(0);
+        assert_eq!(probe, expected);
+    }
+
+    #[test]
+    fn encode_refuses_non_header_transports() {
+        let frame = framed(&strict_call("a", 1));
+        let mut c = ThriftCodec::new(&Config::default());
+        let m = c.decode(&frame).unwrap().unwrap();
+        let mut out = Vec::new();
+        let mutation: Metadata = [("k", "v")].into_iter().collect();
+        let err = c.encode(&frame, &m, &mutation, &mut out).unwrap_err();
+        assert_eq!(err.kind(), meltemi_sdk::CodecErrorKind::Unsupported);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn reply_with_declared_exception_and_void_success() {
+        let mut c = ThriftCodec::new(&Config::default());
+        for (body, kind) in [
+            (&[0u8][..], MessageKind::Response), // void success
+            (&[11, 0, 0, 0, 0, 0, 0, 0][..], MessageKind::Response), // field 0 = success
+            (&[12, 0, 1, 0, 0][..], MessageKind::Exception), // field 1 = declared exception
+        ] {
+            let mut msg = Vec::new();
+            binary::write_message_begin(&mut msg, b"m", MessageType::Reply, 3, true);
+            msg.extend_from_slice(body);
+            assert_eq!(c.decode(&framed(&msg)).unwrap().unwrap().kind, kind);
+        }
+    }
+
+    #[test]
+    fn max_depth_applies_to_unframed_messages() {
+        // struct { 1: struct { 1: struct {} } }: depth 3.
+        let mut msg = Vec::new();
+        binary::write_message_begin(&mut msg, b"m", MessageType::Call, 1, true);
+        msg.extend_from_slice(&[12, 0, 1, 12, 0, 1, 0, 0, 0]);
+        let ok = Config {
+            max_depth: 3,
+            ..Config::default()
+        };
+        assert!(ThriftCodec::new(&ok).decode(&msg).unwrap().is_some());
+        let tight = Config {
+            max_depth: 2,
+            ..Config::default()
+        };
+        assert!(ThriftCodec::new(&tight).decode(&msg).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Echo client on Apache Thrift (PyPI `thrift`): buffered/framed/header x binary/compact."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen-py"))
+
+from echo import Echo  # noqa: E402
+from echo.ttypes import EchoError, Inner, Item  # noqa: E402
+from thrift.protocol import TBinaryProtocol, TCompactProtocol, THeaderProtocol, TMultiplexedProtocol  # noqa: E402
+from thrift.Thrift import TApplicationException  # noqa: E402
+from thrift.transport import THeaderTransport, TSocket, TTransport  # noqa: E402
+
+from peer_common import parse_args, run_full  # noqa: E402
+
+
+def main():
+    args = parse_args("client")
+    sock = TSocket.TSocket(args.host, args.port)
+    sock.setTimeout(10000)
+    header_proto = None
+    if args.transport == "header":
+        sub = (THeaderTransport.THeaderSubprotocolID.COMPACT if args.protocol == "compact"
+               else THeaderTransport.THeaderSubprotocolID.BINARY)
+        header_proto = THeaderProtocol.THeaderProtocol(
+            sock, allowed_client_types=(THeaderTransport.THeaderClientType.HEADERS,), default_protocol=sub)
+        transport, proto = header_proto.trans, header_proto
+    else:
+        transport = TTransport.TFramedTransport(sock) if args.transport == "framed" else TTransport.TBufferedTransport(sock)
+        if args.protocol == "compact":
+            proto = TCompactProtocol.TCompactProtocol(transport)
+        else:
+            proto = TBinaryProtocol.TBinaryProtocol(transport, strictRead=False, strictWrite=not args.non_strict)
+    if args.multiplex:
+        proto = TMultiplexedProtocol.TMultiplexedProtocol(proto, args.multiplex)
+    client = Echo.Client(proto)
+    transport.open()
+
+    def set_headers():
+        for kv in args.header:
+            k, _, v = kv.partition("=")
+            if header_proto is None:
+                raise SystemExit("--header needs --transport header")
+            header_proto.set_header(k.encode(), v.encode())
+
+    try:
+        if args.scenario == "echo":
+            set_headers()
+            try:
+                print("echo", client.echo(args.msg))
+            except TApplicationException as e:
+                print(f"TApplicationException type={e.type} message={e.message}")
+        else:
+            run_full(client, Item, Inner, EchoError, TApplicationException, args.msg, set_headers)
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    main()
