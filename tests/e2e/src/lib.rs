@@ -6,4 +6,5 @@ pub mod bootstrap;
 pub mod envoy;
 pub mod load;
 pub mod minirpc_peer;
+pub mod thrift_load;
 pub mod workspace;

@@ -1,68 +1,160 @@
-//! Benchmarks: the same MiniRPC traffic through plain `tcp_proxy` and through the Meltemi
-//! bridge, side by side in one run, on real Envoy 1.40 (one worker thread each).
+//! Benchmarks on real Envoy 1.40 (one worker thread each), side by side in one run:
+//! - MiniRPC: plain `tcp_proxy` vs the Meltemi bridge;
+//! - Thrift (framed, binary): `tcp_proxy` vs Envoy's native `thrift_proxy` vs the bridge.
 //!
 //! Reports requests per second and, more stable on a shared machine, Envoy CPU per request and
 //! its ratio to tcp_proxy. Usage: `meltemi-bench [connections] [requests-per-connection]`.
 
+use meltemi_e2e::bootstrap::{method_route, Bridge, Destination};
 use meltemi_e2e::envoy::Envoy;
 use meltemi_e2e::load::{self, Measurement};
-use meltemi_e2e::minirpc_peer::{request, Client, Deployment, Server};
-use meltemi_e2e::workspace;
+use meltemi_e2e::minirpc_peer::{self, Deployment, Server};
+use meltemi_e2e::{thrift_load, workspace};
 
-fn minirpc_load(envoy: &Envoy, port: u16, connections: usize, per_connection: u64) -> Measurement {
-    let payload = vec![b'x'; 128];
-    let req = request(1, "echo", &[("version", "v1")], &payload);
-    // Warm-up: connection pools, V8 tiering.
-    load::run(envoy.pid(), connections, per_connection / 10 + 1, || {
-        let mut c = Client::connect(port);
+struct Plan {
+    connections: usize,
+    per_connection: u64,
+}
+
+impl Plan {
+    /// Warm-up (pools, V8 tiering), then the measured run. `call` makes one checked call.
+    fn measure<C: FnMut(u64) -> bool>(
+        &self,
+        envoy: &Envoy,
+        connect: impl Fn() -> C + Sync,
+    ) -> Measurement {
+        load::run(
+            envoy.pid(),
+            self.connections,
+            self.per_connection / 10 + 1,
+            &connect,
+        );
+        load::run(envoy.pid(), self.connections, self.per_connection, &connect)
+    }
+}
+
+fn envoy_from(template: &str, name: &str, listen: u16, server: u16) -> Envoy {
+    let admin = workspace::free_port();
+    let text = std::fs::read_to_string(workspace::root().join("tests/e2e/configs").join(template))
+        .expect("config");
+    let config = workspace::render(
+        &text,
+        &[
+            ("ADMIN_PORT", admin.to_string()),
+            ("LISTEN_PORT", listen.to_string()),
+            ("SERVER_PORT", server.to_string()),
+        ],
+    );
+    Envoy::start(name, &config, admin)
+}
+
+fn table(title: &str, rows: &[(&str, Measurement)]) {
+    println!("\n{title}");
+    println!(
+        "  {:<26} {:>9} {:>10} {:>17} {:>13}",
+        "path", "requests", "req/s", "Envoy CPU µs/req", "vs tcp_proxy"
+    );
+    let base = rows[0].1.cpu_us_per_request();
+    for (name, m) in rows {
+        println!(
+            "  {name:<26} {:>9} {:>10.0} {:>17.1} {:>12.2}×",
+            m.requests,
+            m.rate(),
+            m.cpu_us_per_request(),
+            m.cpu_us_per_request() / base
+        );
+    }
+}
+
+fn minirpc(plan: &Plan) {
+    let req = minirpc_peer::request(1, "echo", &[], &[b'x'; 128]);
+    let connect = |port: u16| {
         let req = req.clone();
-        move |_| c.call(&req).payload.len() == 131
-    });
-    load::run(envoy.pid(), connections, per_connection, || {
-        let mut c = Client::connect(port);
-        let req = req.clone();
-        move |_| c.call(&req).payload.len() == 131
-    })
+        move || {
+            let mut c = minirpc_peer::Client::connect(port);
+            let req = req.clone();
+            move |_| c.call(&req).payload.len() == 131
+        }
+    };
+    let server = Server::start("v1");
+    let port = workspace::free_port();
+    let tcp = plan.measure(
+        &envoy_from("tcp_proxy.yaml", "bench-tcp", port, server.port),
+        connect(port),
+    );
+    let d = Deployment::start("bench-bridge");
+    let bridge = plan.measure(&d.envoy, connect(d.port));
+    table(
+        "MiniRPC (128-byte payload)",
+        &[("tcp_proxy", tcp), ("meltemi bridge (HTTP/1)", bridge)],
+    );
+}
+
+fn thrift(plan: &Plan) {
+    let frame = thrift_load::call_frame("echo", 7, &[b'x'; 128]);
+    let connect = |port: u16| {
+        let frame = frame.clone();
+        move || {
+            let mut c = thrift_load::Client::connect(port);
+            let frame = frame.clone();
+            move |_| c.call(&frame).ok().and_then(|b| thrift_load::seqid(&b)) == Some(7)
+        }
+    };
+    let server = thrift_load::start_echo_server();
+    let port = workspace::free_port();
+    let tcp = plan.measure(
+        &envoy_from("tcp_proxy.yaml", "bench-thrift-tcp", port, server),
+        connect(port),
+    );
+    let port = workspace::free_port();
+    let native = plan.measure(
+        &envoy_from("thrift_proxy.yaml", "bench-thrift-native", port, server),
+        connect(port),
+    );
+    let wasm = workspace::build_wasm("meltemi-thrift");
+    let (port, admin) = (workspace::free_port(), workspace::free_port());
+    let config = Bridge {
+        protocol: "thrift",
+        wasm: &wasm,
+        front: serde_json::json!({"service": "echo", "codec": {"transport": "framed", "protocol": "binary"}}),
+        back: serde_json::json!({"codec": {"transport": "framed", "protocol": "binary"}}),
+        listen_port: port,
+        admin_port: admin,
+        destinations: vec![Destination { cluster: "server".into(), port: server }],
+        virtual_hosts: vec![serde_json::json!({
+            "name": "echo", "domains": ["echo"], "routes": [method_route("echo", "echo", "server")]
+        })],
+        http_filters: vec![],
+    }
+    .render();
+    let bridge = plan.measure(
+        &Envoy::start("bench-thrift-bridge", &config, admin),
+        connect(port),
+    );
+    table(
+        "Thrift framed/binary (128-byte string)",
+        &[
+            ("tcp_proxy", tcp),
+            ("native thrift_proxy", native),
+            ("meltemi bridge (HTTP/1)", bridge),
+        ],
+    );
+    println!(
+        "  bridge / native thrift_proxy CPU: {:.2}×",
+        bridge.cpu_us_per_request() / native.cpu_us_per_request()
+    );
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let connections: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
-    let per_connection: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5000);
-    println!("MiniRPC, {connections} connections × {per_connection} closed-loop requests, 128-byte payloads, Envoy --concurrency 1");
-
-    let server = Server::start("v1");
-    let (port, admin) = (workspace::free_port(), workspace::free_port());
-    let template =
-        std::fs::read_to_string(workspace::root().join("tests/e2e/configs/tcp_proxy.yaml"))
-            .expect("config");
-    let config = workspace::render(
-        &template,
-        &[
-            ("ADMIN_PORT", admin.to_string()),
-            ("LISTEN_PORT", port.to_string()),
-            ("SERVER_PORT", server.port.to_string()),
-        ],
-    );
-    let tcp = {
-        let envoy = Envoy::start("bench-tcp", &config, admin);
-        minirpc_load(&envoy, port, connections, per_connection)
-    };
-    let bridge = {
-        let d = Deployment::start("bench-bridge");
-        minirpc_load(&d.envoy, d.port, connections, per_connection)
+    let plan = Plan {
+        connections: args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4),
+        per_connection: args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5000),
     };
     println!(
-        "{:<24} {:>10} {:>12} {:>16} {:>10}",
-        "path", "requests", "req/s", "envoy CPU µs/req", "CPU ratio"
+        "{} connections × {} closed-loop requests per path, Envoy --concurrency 1, all on 127.0.0.1",
+        plan.connections, plan.per_connection
     );
-    for (name, m) in [("tcp_proxy", tcp), ("meltemi bridge (HTTP/1)", bridge)] {
-        println!(
-            "{name:<24} {:>10} {:>12.0} {:>16.1} {:>9.2}×",
-            m.requests,
-            m.rate(),
-            m.cpu_us_per_request(),
-            m.cpu_us_per_request() / tcp.cpu_us_per_request()
-        );
-    }
+    minirpc(&plan);
+    thrift(&plan);
 }
