@@ -203,6 +203,19 @@ impl<C: Codec> Back<C> {
             while self.awaiting.front() == Some(&Awaiting::Nothing) {
                 self.awaiting.pop_front();
             }
+            if let Some(Awaiting::ProbeAnswer(id)) = self.awaiting.front() {
+                if *id == message.request_id && !self.codec.is_probe_answer(&message) {
+                    // The server answered the one-way call itself; nobody is waiting for that.
+                    sink.count(
+                        &stats::name(
+                            stats::UNEXPECTED,
+                            &[("protocol", protocol), ("role", "back")],
+                        ),
+                        1,
+                    );
+                    continue;
+                }
+            }
             match self.awaiting.pop_front() {
                 Some(Awaiting::ProbeAnswer(id)) if id == message.request_id => {
                     http1::write_response(&mut out, [(RESPONSE_HEADER, bridge::ONEWAY_ACK)], &[]);

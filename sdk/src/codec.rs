@@ -246,4 +246,11 @@ pub trait Codec: Sized + 'static {
     fn delivery_probe(&mut self, _oneway: &Message) -> Option<Vec<u8>> {
         None
     }
+
+    /// Whether `message` (carrying a one-way call's request id) is the server's answer to the
+    /// [`Codec::delivery_probe`]. Anything else with that id — some servers answer one-way
+    /// calls anyway — is dropped. The default fits heartbeat probes.
+    fn is_probe_answer(&self, message: &Message) -> bool {
+        message.kind == MessageKind::HeartbeatReply
+    }
 }

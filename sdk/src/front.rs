@@ -175,6 +175,13 @@ impl<C: Codec> Front<C> {
             *offset += message.len;
             if !message.kind.is_request() {
                 // A client answering a server-initiated message: nothing in the bridge expects it.
+                sink.count(
+                    &stats::name(
+                        stats::UNEXPECTED,
+                        &[("protocol", protocol), ("role", "front")],
+                    ),
+                    1,
+                );
                 continue;
             }
             let local = self.local_answer(&message, sink);

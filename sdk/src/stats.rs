@@ -23,6 +23,9 @@ pub const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
 pub const REFUSED: &str = "meltemi_refused_total";
 /// Mutations the codec could not represent (frame forwarded unchanged).
 pub const MUTATION_UNSUPPORTED: &str = "meltemi_mutation_unsupported_total";
+/// Messages nobody waits for (a server answering a one-way call, a client sending a
+/// response), dropped. Label `role`.
+pub const UNEXPECTED: &str = "meltemi_unexpected_messages_total";
 /// Heartbeats answered (front) or dropped (back, server-initiated), by `role`.
 pub const HEARTBEATS: &str = "meltemi_heartbeats_total";
 

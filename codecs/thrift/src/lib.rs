@@ -348,6 +348,11 @@ impl Codec for ThriftCodec {
             msg,
         )
     }
+
+    /// Real servers answer the probe call with an UNKNOWN_METHOD exception naming it.
+    fn is_probe_answer(&self, message: &Message) -> bool {
+        message.metadata.get("method") == Some(reply::PROBE_METHOD)
+    }
 }
 
 // The one line that makes this crate a proxy-wasm network filter (`meltemi_thrift.wasm`).
