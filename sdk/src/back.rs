@@ -58,7 +58,18 @@ impl<C: Codec> Back<C> {
             let parsed = match http1::parse_request(&self.request_partial[offset..], max_body) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
-                Err(e) => break Err(Fatal(format!("unreadable request from the router: {e}"))),
+                Err(e) => {
+                    if matches!(e, http1::HttpError::TooLarge(_)) {
+                        sink.count(
+                            &stats::name(
+                                stats::REFUSED,
+                                &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
+                            ),
+                            1,
+                        );
+                    }
+                    break Err(Fatal(format!("unreadable request from the router: {e}")));
+                }
             };
             offset += parsed.len;
             if let Err(e) = self.forward(&parsed, &mut out, sink) {
@@ -152,6 +163,20 @@ impl<C: Codec> Back<C> {
                 break Ok(());
             }
             let message = match self.codec.decode(rest) {
+                Ok(Some(m))
+                    if m.len > self.config.limits.max_frame_bytes && m.len <= rest.len() =>
+                {
+                    sink.count(
+                        &stats::name(
+                            stats::REFUSED,
+                            &[("protocol", protocol), ("reason", "frame_too_large")],
+                        ),
+                        1,
+                    );
+                    break Err(Fatal(
+                        "server frame larger than limits.max_frame_bytes".into(),
+                    ));
+                }
                 Ok(Some(m)) if m.len > 0 && m.len <= rest.len() => m,
                 Ok(Some(m)) => {
                     break Err(Fatal(format!(

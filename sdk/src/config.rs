@@ -66,8 +66,20 @@ pub struct FilterConfig<C> {
 impl<C: serde::de::DeserializeOwned + Default> FilterConfig<C> {
     /// Parses the plugin configuration; the error names the offending field and position.
     pub fn parse(json: &[u8]) -> Result<Self, String> {
-        let config: Self = serde_json::from_slice(json)
-            .map_err(|e| format!("meltemi filter configuration: {e}"))?;
+        // serde_path_to_error names the field (`role`, `limits.max_frame_bytes`, `codec.x`)
+        // even where serde_json's own message would not (unknown enum variants).
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                format!("meltemi filter configuration: {}", e.inner())
+            } else {
+                format!(
+                    "meltemi filter configuration: field `{path}`: {}",
+                    e.inner()
+                )
+            }
+        })?;
         if config.limits.max_frame_bytes == 0 || config.limits.max_pending_requests == 0 {
             return Err("meltemi filter configuration: limits.max_frame_bytes and limits.max_pending_requests must be positive".into());
         }
@@ -99,7 +111,11 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("max_frame"), "{e}");
         let e = FilterConfig::<NoCodec>::parse(br#"{"role":"sideways"}"#).unwrap_err();
-        assert!(e.contains("sideways"), "{e}");
+        assert!(e.contains("field `role`") && e.contains("sideways"), "{e}");
+        let e =
+            FilterConfig::<NoCodec>::parse(br#"{"role":"front","limits":{"max_frame_bytes":"x"}}"#)
+                .unwrap_err();
+        assert!(e.contains("field `limits.max_frame_bytes`"), "{e}");
         let e =
             FilterConfig::<NoCodec>::parse(br#"{"role":"back","limits":{"max_frame_bytes":0}}"#)
                 .unwrap_err();

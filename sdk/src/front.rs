@@ -59,6 +59,8 @@ pub struct Front<C: Codec> {
     /// HCM bytes not yet forming a complete HTTP response.
     response_partial: Vec<u8>,
     next_seq: u64,
+    /// Secret of this connection in every request's sequence header (see [`http1::write_request`]).
+    token: u64,
 }
 
 impl<C: Codec> Front<C> {
@@ -72,6 +74,7 @@ impl<C: Codec> Front<C> {
             in_flight: VecDeque::new(),
             response_partial: Vec::new(),
             next_seq: 1,
+            token: connection_token(),
         }
     }
 
@@ -110,7 +113,7 @@ impl<C: Codec> Front<C> {
         if self.handed.is_empty() {
             return Ok(0);
         }
-        match http1::leading_seq(buffer) {
+        match http1::leading_seq(buffer, self.token) {
             Some(seq) if self.handed.iter().any(|h| h.seq == seq) => {
                 while self.handed.front().is_some_and(|h| h.seq != seq) {
                     self.handed.pop_front();
@@ -209,6 +212,7 @@ impl<C: Codec> Front<C> {
                     };
                     http1::write_request(
                         out,
+                        self.token,
                         seq,
                         bridge::LOCAL_AUTHORITY,
                         bridge::LOCAL_PATH,
@@ -237,6 +241,7 @@ impl<C: Codec> Front<C> {
                     };
                     http1::write_request(
                         out,
+                        self.token,
                         seq,
                         authority,
                         &path,
@@ -501,6 +506,13 @@ impl<C: Codec> Front<C> {
         }
         self.in_flight.clear();
     }
+}
+
+/// A fresh unpredictable value: `RandomState` is seeded from the platform's randomness
+/// (WASI `random_get` under Envoy) and gives every instance new keys.
+fn connection_token() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x6d656c74656d69u64)
 }
 
 fn count_outcome(sink: &mut dyn Sink, labels: &[(&str, &str)], outcome: &str) {

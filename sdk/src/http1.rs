@@ -45,11 +45,18 @@ impl Parsed {
 
 /// Why bytes from Envoy could not be read as HTTP/1.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpError(pub String);
+pub enum HttpError {
+    /// Not HTTP/1.1 as the bridge writes it.
+    Malformed(String),
+    /// A body over the caller's limit.
+    TooLarge(String),
+}
 
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http/1.1: {}", self.0)
+        match self {
+            Self::Malformed(m) | Self::TooLarge(m) => write!(f, "http/1.1: {m}"),
+        }
     }
 }
 
@@ -60,7 +67,7 @@ pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Parsed>, Http
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HttpError(format!("bad request head: {e}"))),
+        Err(e) => return Err(HttpError::Malformed(format!("bad request head: {e}"))),
     };
     let path = req.path.unwrap_or("").to_owned();
     let headers = owned_headers(req.headers)?;
@@ -75,7 +82,7 @@ pub fn parse_response(buf: &[u8], max_body: usize) -> Result<Option<Parsed>, Htt
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(HttpError(format!("bad response head: {e}"))),
+        Err(e) => return Err(HttpError::Malformed(format!("bad response head: {e}"))),
     };
     let status = resp.code.unwrap_or(0);
     let headers = owned_headers(resp.headers)?;
@@ -96,7 +103,7 @@ fn owned_headers(headers: &[httparse::Header<'_>]) -> Result<Vec<(String, String
         .iter()
         .map(|h| {
             let value = std::str::from_utf8(h.value)
-                .map_err(|_| HttpError(format!("header {} is not UTF-8", h.name)))?;
+                .map_err(|_| HttpError::Malformed(format!("header {} is not UTF-8", h.name)))?;
             Ok((h.name.to_ascii_lowercase(), value.to_owned()))
         })
         .collect()
@@ -133,17 +140,17 @@ fn finish(
         Some(v) => v
             .trim()
             .parse::<usize>()
-            .map_err(|_| HttpError(format!("bad content-length {v:?}")))?,
+            .map_err(|_| HttpError::Malformed(format!("bad content-length {v:?}")))?,
         None => 0,
     };
     if body_len > max_body {
-        return Err(HttpError(format!(
+        return Err(HttpError::Malformed(format!(
             "body of {body_len} bytes exceeds the {max_body} byte limit"
         )));
     }
     let end = head_len
         .checked_add(body_len)
-        .ok_or_else(|| HttpError("length overflow".into()))?;
+        .ok_or_else(|| HttpError::Malformed("length overflow".into()))?;
     if buf.len() < end {
         return Ok(None);
     }
@@ -163,11 +170,12 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
         let (size_len, size) = match httparse::parse_chunk_size(buf) {
             Ok(httparse::Status::Complete(x)) => x,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(HttpError("bad chunk size".into())),
+            Err(_) => return Err(HttpError::Malformed("bad chunk size".into())),
         };
-        let size = usize::try_from(size).map_err(|_| HttpError("chunk too large".into()))?;
+        let size =
+            usize::try_from(size).map_err(|_| HttpError::Malformed("chunk too large".into()))?;
         if body.len().saturating_add(size) > max_body {
-            return Err(HttpError(format!(
+            return Err(HttpError::Malformed(format!(
                 "chunked body exceeds the {max_body} byte limit"
             )));
         }
@@ -178,7 +186,7 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
                 return Ok(None);
             }
             if &buf[..2] != b"\r\n" {
-                return Err(HttpError("trailers are not supported".into()));
+                return Err(HttpError::Malformed("trailers are not supported".into()));
             }
             return Ok(Some((body, start - buf.len() + 2)));
         }
@@ -187,16 +195,19 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
         }
         body.extend_from_slice(&buf[..size]);
         if &buf[size..size + 2] != b"\r\n" {
-            return Err(HttpError("chunk not followed by CRLF".into()));
+            return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
         }
         buf = &buf[size + 2..];
     }
 }
 
-/// Writes a request head and body. `seq` is written as the first header so that the front
-/// can recognise its own requests when Envoy shows unconsumed bytes to the filter again.
+/// Writes a request head and body. The sequence header comes first, carrying the connection's
+/// secret `token` and `seq`, so that the front can recognise its own requests when Envoy shows
+/// unconsumed bytes to the filter again — and a client, who never sees the token, cannot forge
+/// them.
 pub fn write_request<'a>(
     out: &mut Vec<u8>,
+    token: u64,
     seq: u64,
     authority: &str,
     path: &str,
@@ -206,7 +217,7 @@ pub fn write_request<'a>(
     let mut head = String::with_capacity(256);
     let _ = write!(
         head,
-        "POST {path} HTTP/1.1\r\n{SEQ_HEADER}: {seq}\r\nhost: {authority}\r\n"
+        "POST {path} HTTP/1.1\r\n{SEQ_HEADER}: {token:016x}-{seq}\r\nhost: {authority}\r\n"
     );
     for (k, v) in headers {
         let _ = write!(head, "{k}: {v}\r\n");
@@ -235,17 +246,20 @@ pub fn write_response<'a>(
 /// Name of the sequence header [`write_request`] puts first.
 pub const SEQ_HEADER: &str = "x-meltemi-seq";
 
-/// The sequence number of a request written by [`write_request`] that starts `buf`, if any.
-pub fn leading_seq(buf: &[u8]) -> Option<u64> {
+/// The sequence number of a request written by [`write_request`] with `token` that starts
+/// `buf`, if any.
+pub fn leading_seq(buf: &[u8], token: u64) -> Option<u64> {
     if !buf.starts_with(b"POST /") {
         return None;
     }
-    let window = &buf[..buf.len().min(8192)];
-    let line_end = window.windows(2).position(|w| w == b"\r\n")?;
-    let rest = &window[line_end + 2..];
-    let rest = rest
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let rest = buf[line_end + 2..]
         .strip_prefix(SEQ_HEADER.as_bytes())?
         .strip_prefix(b": ")?;
+    let mut expected = [0u8; 17];
+    let hex = format!("{token:016x}-");
+    expected.copy_from_slice(hex.as_bytes());
+    let rest = rest.strip_prefix(&expected[..])?;
     let digits_end = rest.iter().position(|b| !b.is_ascii_digit())?;
     if rest.get(digits_end..digits_end + 2) != Some(b"\r\n") {
         return None;
@@ -323,13 +337,15 @@ mod tests {
         let mut out = Vec::new();
         write_request(
             &mut out,
+            0xabc,
             42,
             "svc",
             "/svc/m",
             [("method", "m")],
             b"\x00\x01body",
         );
-        assert_eq!(leading_seq(&out), Some(42));
+        assert_eq!(leading_seq(&out, 0xabc), Some(42));
+        assert_eq!(leading_seq(&out, 0xabd), None, "another connection's token");
         let p = parse_request(&out, 1 << 20).unwrap().unwrap();
         assert_eq!(p.path, "/svc/m");
         assert_eq!(p.header("host"), Some("svc"));
@@ -370,7 +386,11 @@ mod tests {
 
     #[test]
     fn foreign_bytes_have_no_seq() {
-        assert_eq!(leading_seq(b"POST /a HTTP/1.1\r\nhost: x\r\n"), None);
-        assert_eq!(leading_seq(b"\xda\xbb\x02"), None);
+        assert_eq!(leading_seq(b"POST /a HTTP/1.1\r\nhost: x\r\n", 1), None);
+        assert_eq!(
+            leading_seq(b"POST /a HTTP/1.1\r\nx-meltemi-seq: 1\r\n", 1),
+            None
+        );
+        assert_eq!(leading_seq(b"\xda\xbb\x02", 1), None);
     }
 }

@@ -3,8 +3,10 @@
 //! process it started (by PID, on drop, also when a test fails).
 
 pub mod bootstrap;
+pub mod dubbo_load;
 pub mod envoy;
 pub mod load;
 pub mod minirpc_peer;
 pub mod thrift_load;
+pub mod thrift_peer;
 pub mod workspace;

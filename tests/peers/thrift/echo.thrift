@@ -33,4 +33,7 @@ service Echo {
   oneway void notify(1: string msg),
   Item mirror(1: Item item),
   void ping(),
+  // For tests through a proxy: what this server saw. Keys: `tag`, `notified` (one-way messages
+  // received so far, joined by '|'), and `h:<key>` for each THeader info header of this call.
+  map<string, string> inspect(),
 }

@@ -19,7 +19,10 @@ def parse_args(role, transports=("buffered", "framed", "header")):
     else:
         p.add_argument("--non-strict", action="store_true", help="binary protocol without the 0x8001 version")
         p.add_argument("--header", action="append", default=[], metavar="K=V", help="THeader info header per call")
-        p.add_argument("--scenario", choices=("full", "echo"), default="full")
+        p.add_argument("--scenario", choices=("full", "echo", "e2e", "route", "inspect"), default="full",
+                       help="full: one call of every shape (captured); echo: one echo; e2e: full plus "
+                       "large/UTF-8/i64/one-way checks; route: calls for the proxy's routing table "
+                       "(Apache only); inspect: print what the server saw")
         p.add_argument("--msg", default="hello")
     args = p.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -30,8 +33,10 @@ def parse_args(role, transports=("buffered", "framed", "header")):
 class Handler:
     """The Echo service. `exc` builds the declared EchoError, `app_exc` a TApplicationException."""
 
-    def __init__(self, tag, exc, app_exc):
+    def __init__(self, tag, exc, app_exc, info_headers=dict):
+        """`info_headers()` returns the THeader info headers of the call being handled."""
         self.tag, self.exc, self.app_exc = tag, exc, app_exc
+        self.info_headers = info_headers
         self.notified = []
 
     def echo(self, msg):
@@ -56,6 +61,14 @@ class Handler:
 
     def ping(self):
         return None
+
+    def inspect(self):
+        seen = {"tag": self.tag, "notified": "|".join(self.notified)}
+        for k, v in self.info_headers().items():
+            k = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+            v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            seen[f"h:{k}"] = v
+        return seen
 
 
 def sample_item(item_cls, inner_cls):
@@ -113,3 +126,38 @@ def run_full(client, item_cls, inner_cls, exc_cls, app_exc_cls, msg, before_call
     print("mirror ok")
     before_call()
     print("ping", client.ping())
+
+
+# Sent by the e2e scenario: non-ASCII Latin, CJK, a 4-byte emoji and a combining mark.
+UTF8_SAMPLE = "h\u00e9llo w\u00f6rld \u65e5\u672c\u8a9e \U0001F980\U0001F680 e\u0301"
+I64_MAX, I64_MIN = 2**63 - 1, -(2**63)
+
+
+def show_inspect(seen):
+    """One line for `inspect()`: the tag, then the info headers sorted (`notified` left out)."""
+    parts = [f"tag={seen.get('tag')}"] + sorted(f"{k}={v}" for k, v in seen.items() if k.startswith("h:"))
+    return "inspect " + " ".join(parts)
+
+
+def run_e2e(client, item_cls, inner_cls, exc_cls, app_exc_cls, msg):
+    """`full`, then what a proxy most easily breaks. Prints only values the test can predict."""
+    run_full(client, item_cls, inner_cls, exc_cls, app_exc_cls, msg)
+    # 100 kB: many TCP segments, several Envoy buffer slices, a multi-byte varint length.
+    big = "".join(chr(ord("a") + i % 26) for i in range(100_000))
+    got = client.echo(big)
+    print("big", len(got), got[: len(got) - len(big)] if got.endswith(big) else "CORRUPT")
+    print("utf8", client.echo(UTF8_SAMPLE))
+    print("i64", client.add(I64_MAX, 0), client.add(I64_MIN, 0), client.add(-1, I64_MIN + 1),
+          client.add(2**62, 2**62 - 1))
+    try:
+        client.fail("again")
+        raise SystemExit("fail did not raise")
+    except exc_cls as e:
+        print("fail", "EchoError", e.why, e.code)
+    # A one-way call is never answered; the next two-way call shows the server received it
+    # (a proxy acknowledging one-way calls must not let that acknowledgement reach the client).
+    token = f"ow-{msg}"
+    client.notify(token)
+    notified = client.inspect()["notified"].split("|")
+    print("oneway", "delivered" if token in notified else f"MISSING from {notified}")
+    print("after", client.echo(msg + "-after"))

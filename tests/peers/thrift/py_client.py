@@ -12,7 +12,26 @@ from thrift.protocol import TBinaryProtocol, TCompactProtocol, THeaderProtocol, 
 from thrift.Thrift import TApplicationException  # noqa: E402
 from thrift.transport import THeaderTransport, TSocket, TTransport  # noqa: E402
 
-from peer_common import parse_args, run_full  # noqa: E402
+from peer_common import parse_args, run_e2e, run_full, show_inspect  # noqa: E402
+
+
+def run_route(client, header_proto, msg):
+    """Calls for a proxy that routes by method and by the THeader info header `x-version`, with
+    no route for `fail`; all on this one connection. Each line names the server that answered."""
+    print("echo", client.echo(msg + "1"))
+    print(show_inspect(client.inspect()))
+    if header_proto is not None:
+        # For the next call only; mixed case, as routes must match it lower-cased.
+        header_proto.set_header(b"X-Version", b"v2")
+        print("echo X-Version=v2", client.echo(msg + "2"))
+    print("add", client.add(40, 2))
+    try:
+        print("fail returned", client.fail("boom"))
+    except EchoError as e:
+        print("fail EchoError", e.why)
+    except TApplicationException as e:
+        print(f"fail TApplicationException type={e.type}")
+    print("echo", client.echo(msg + "3"))
 
 
 def main():
@@ -51,6 +70,13 @@ def main():
                 print("echo", client.echo(args.msg))
             except TApplicationException as e:
                 print(f"TApplicationException type={e.type} message={e.message}")
+        elif args.scenario == "e2e":
+            run_e2e(client, Item, Inner, EchoError, TApplicationException, args.msg)
+        elif args.scenario == "inspect":
+            set_headers()
+            print(show_inspect(client.inspect()))
+        elif args.scenario == "route":
+            run_route(client, header_proto, args.msg)
         else:
             run_full(client, Item, Inner, EchoError, TApplicationException, args.msg, set_headers)
     finally:

@@ -3,6 +3,7 @@
 
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen-py"))
 
@@ -17,6 +18,22 @@ from thrift.transport import THeaderTransport, TSocket, TTransport  # noqa: E402
 from peer_common import Handler, parse_args  # noqa: E402
 
 
+class CallContext:
+    """Remembers, per server thread, the input protocol of the call being processed, so the
+    handler can read the THeader info headers of that call (`inspect`)."""
+
+    def __init__(self, inner):
+        self.inner, self.local = inner, threading.local()
+
+    def process(self, iprot, oprot):
+        self.local.iprot = iprot
+        return self.inner.process(iprot, oprot)
+
+    def info_headers(self):
+        trans = getattr(getattr(self.local, "iprot", None), "trans", None)
+        return dict(trans.get_headers()) if hasattr(trans, "get_headers") else {}
+
+
 def main():
     args = parse_args("server")
     handler = Handler(
@@ -29,6 +46,8 @@ def main():
         mux = TMultiplexedProcessor()
         mux.registerProcessor(args.multiplex, processor)
         processor = mux
+    processor = CallContext(processor)
+    handler.info_headers = processor.info_headers
     sock = TSocket.TServerSocket(host=args.host, port=args.port)
     if args.transport == "header":
         sub = (THeaderTransport.THeaderSubprotocolID.COMPACT if args.protocol == "compact"

@@ -9,7 +9,7 @@ from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
 
-from peer_common import parse_args, run_full
+from peer_common import parse_args, run_e2e, run_full, show_inspect
 
 echo_thrift = thriftpy2.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), "echo.thrift"),
                              module_name="echo_thrift")
@@ -37,6 +37,13 @@ def main():
                 print("echo", client.echo(args.msg))
             except TApplicationException as e:
                 print(f"TApplicationException type={e.type} message={e.message}")
+        elif args.scenario == "e2e":
+            run_e2e(client, echo_thrift.Item, echo_thrift.Inner, echo_thrift.EchoError, TApplicationException,
+                    args.msg)
+        elif args.scenario == "inspect":
+            print(show_inspect(client.inspect()))
+        elif args.scenario == "route":
+            raise SystemExit("the route scenario needs THeader: use py_client.py")
         else:
             run_full(client, echo_thrift.Item, echo_thrift.Inner, echo_thrift.EchoError, TApplicationException,
                      args.msg)

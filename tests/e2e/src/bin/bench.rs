@@ -1,6 +1,7 @@
 //! Benchmarks on real Envoy 1.40 (one worker thread each), side by side in one run:
 //! - MiniRPC: plain `tcp_proxy` vs the Meltemi bridge;
-//! - Thrift (framed, binary): `tcp_proxy` vs Envoy's native `thrift_proxy` vs the bridge.
+//! - Thrift (framed, binary): `tcp_proxy` vs Envoy's native `thrift_proxy` vs the bridge;
+//! - Dubbo2: `tcp_proxy` vs native `dubbo_proxy` vs `generic_proxy` (dubbo codec) vs the bridge.
 //!
 //! Reports requests per second and, more stable on a shared machine, Envoy CPU per request and
 //! its ratio to tcp_proxy. Usage: `meltemi-bench [connections] [requests-per-connection]`.
@@ -9,7 +10,7 @@ use meltemi_e2e::bootstrap::{method_route, Bridge, Destination};
 use meltemi_e2e::envoy::Envoy;
 use meltemi_e2e::load::{self, Measurement};
 use meltemi_e2e::minirpc_peer::{self, Deployment, Server};
-use meltemi_e2e::{thrift_load, workspace};
+use meltemi_e2e::{dubbo_load, thrift_load, workspace};
 
 struct Plan {
     connections: usize,
@@ -145,6 +146,72 @@ fn thrift(plan: &Plan) {
     );
 }
 
+fn dubbo(plan: &Plan) {
+    let connect = |port: u16| {
+        move || {
+            let mut c = dubbo_load::Client::connect(port);
+            move |i: u64| {
+                let id = i + 1;
+                c.call(&dubbo_load::echo_request(id))
+                    .map(|f| dubbo_load::request_id(&f))
+                    .ok()
+                    == Some(id)
+            }
+        }
+    };
+    let server = dubbo_load::start_echo_provider();
+    let mut rows = Vec::new();
+    for (name, template) in [
+        ("tcp_proxy", "tcp_proxy.yaml"),
+        ("native dubbo_proxy", "dubbo_proxy.yaml"),
+        ("generic_proxy (dubbo)", "generic_proxy_dubbo.yaml"),
+    ] {
+        let port = workspace::free_port();
+        rows.push((
+            name,
+            plan.measure(
+                &envoy_from(template, "bench-dubbo", port, server),
+                connect(port),
+            ),
+        ));
+    }
+    let wasm = workspace::build_wasm("meltemi-dubbo");
+    let (port, admin) = (workspace::free_port(), workspace::free_port());
+    let config = Bridge {
+        protocol: "dubbo",
+        wasm: &wasm,
+        front: serde_json::json!({}),
+        back: serde_json::json!({}),
+        listen_port: port,
+        admin_port: admin,
+        destinations: vec![Destination {
+            cluster: "server".into(),
+            port: server,
+        }],
+        virtual_hosts: vec![serde_json::json!({
+            "name": "echo", "domains": ["org.meltemi.demo.EchoService"],
+            "routes": [method_route("org.meltemi.demo.EchoService", "echo", "server")]
+        })],
+        http_filters: vec![],
+    }
+    .render();
+    rows.push((
+        "meltemi bridge (HTTP/1)",
+        plan.measure(
+            &Envoy::start("bench-dubbo-bridge", &config, admin),
+            connect(port),
+        ),
+    ));
+    table(
+        "Dubbo2 / Hessian2 (captured echo call, 214-byte request)",
+        &rows,
+    );
+    println!(
+        "  bridge / native dubbo_proxy CPU: {:.2}×",
+        rows[3].1.cpu_us_per_request() / rows[1].1.cpu_us_per_request()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let plan = Plan {
@@ -157,4 +224,5 @@ fn main() {
     );
     minirpc(&plan);
     thrift(&plan);
+    dubbo(&plan);
 }

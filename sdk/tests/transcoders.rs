@@ -1,0 +1,599 @@
+//! Native property tests of the pure bridge transcoders ([`Front`], [`Back`]) with a tiny
+//! length-prefixed codec defined here (the SDK must not depend on a real protocol crate).
+//!
+//! What they prove:
+//! - however the client's byte stream is chunked, and wherever HCM stops consuming whole
+//!   requests (leaving the rest in the read buffer, shown again with new bytes), the front
+//!   emits exactly the HTTP byte stream it emits for the whole stream in one chunk, and the read
+//!   buffer only ever holds complete HTTP requests;
+//! - answers relayed by HCM come back as the server's frames, heartbeats as pongs, one-way
+//!   acknowledgements as nothing, and the `Recorder` metrics stay consistent (every request
+//!   counted once, one response outcome per request, the active gauge back to 0 after the last
+//!   answer or on close);
+//! - arbitrary bytes, HTTP-shaped or not, in either direction of either transcoder, return a
+//!   value or a `Fatal` and never panic.
+
+use std::rc::Rc;
+
+use meltemi_sdk::back::Back;
+use meltemi_sdk::config::{FilterConfig, Limits, Role};
+use meltemi_sdk::front::Front;
+use meltemi_sdk::stats::{self, Recorder};
+use meltemi_sdk::{http1, Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
+use proptest::prelude::*;
+
+// ---------------------------------------------------------------------------------------------
+// The test codec: `len u32 | kind u8 | id u32 | mlen u8 | method | payload`, `len` counting the
+// bytes after itself. Kinds: 1 request, 2 response, 3 one-way, 4 ping, 5 pong, 6 error.
+
+struct Lp;
+
+const FIXED: usize = 4 + 1 + 4 + 1;
+
+fn lp(kind: u8, id: u32, method: &str, payload: &[u8]) -> Vec<u8> {
+    let len = (FIXED - 4 + method.len() + payload.len()) as u32;
+    let mut out = len.to_be_bytes().to_vec();
+    out.push(kind);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(method.len() as u8);
+    out.extend_from_slice(method.as_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Codec for Lp {
+    const PROTOCOL: &'static str = "lp";
+    type Config = ();
+
+    fn new(_: &()) -> Self {
+        Lp
+    }
+
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<Message>, CodecError> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < FIXED - 4 {
+            return Err(CodecError::malformed("short frame"));
+        }
+        if buf.len() < 5 {
+            return Ok(None);
+        }
+        let kind = match buf[4] {
+            1 => MessageKind::Request,
+            2 => MessageKind::Response,
+            3 => MessageKind::OneWay,
+            4 => MessageKind::Heartbeat,
+            5 => MessageKind::HeartbeatReply,
+            6 => MessageKind::Exception,
+            k => return Err(CodecError::malformed(format!("kind {k}"))),
+        };
+        let total = len + 4;
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]);
+        let mlen = buf[9] as usize;
+        let method = buf
+            .get(FIXED..FIXED + mlen)
+            .filter(|_| FIXED + mlen <= total)
+            .ok_or_else(|| CodecError::malformed("method overflows the frame"))?;
+        let method =
+            std::str::from_utf8(method).map_err(|_| CodecError::malformed("method not UTF-8"))?;
+        let mut metadata = Metadata::new();
+        if kind.is_request() {
+            metadata.push("service", "svc");
+            metadata.push("method", method);
+        }
+        Ok(Some(Message {
+            len: total,
+            kind,
+            request_id: u64::from(id),
+            metadata,
+        }))
+    }
+
+    fn encode(
+        &mut self,
+        frame: &[u8],
+        message: &Message,
+        mutation: &Metadata,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        let mut method = std::str::from_utf8(&frame[FIXED..FIXED + frame[9] as usize])
+            .map_err(|_| CodecError::malformed("method"))?
+            .to_owned();
+        for (k, v) in mutation.iter() {
+            match k {
+                "method" if v.len() < 256 => method = v.to_owned(),
+                _ => return Err(CodecError::unsupported(format!("nowhere to put {k}"))),
+            }
+        }
+        let payload = &frame[FIXED + frame[9] as usize..];
+        out.extend(lp(frame[4], message.request_id as u32, &method, payload));
+        Ok(())
+    }
+
+    fn error_reply(&mut self, request: &Message, kind: ErrorKind, detail: &str) -> Option<Vec<u8>> {
+        Some(lp(
+            6,
+            request.request_id as u32,
+            kind.as_str(),
+            detail.as_bytes(),
+        ))
+    }
+
+    fn heartbeat_reply(&mut self, request: &Message) -> Option<Vec<u8>> {
+        Some(lp(5, request.request_id as u32, "", b""))
+    }
+
+    fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
+        Some(lp(4, oneway.request_id as u32, "", b""))
+    }
+}
+
+fn config(role: Role, limits: Limits) -> Rc<FilterConfig<()>> {
+    Rc::new(FilterConfig {
+        role,
+        service: None,
+        limits,
+        codec: (),
+    })
+}
+
+fn front() -> Front<Lp> {
+    Front::new(config(Role::Front, Limits::default()))
+}
+
+fn back() -> Back<Lp> {
+    Back::new(config(Role::Back, Limits::default()))
+}
+
+const ACTIVE: &str = stats::ACTIVE;
+
+// ---------------------------------------------------------------------------------------------
+// Emulating HCM.
+
+/// Splits `buf` into complete HTTP requests; panics if anything else is left over.
+fn requests(buf: &[u8]) -> Vec<http1::Parsed> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let p = http1::parse_request(&buf[at..], usize::MAX)
+            .expect("valid HTTP")
+            .unwrap_or_else(|| panic!("partial request in the read buffer: {:?}", &buf[at..]));
+        at += p.len;
+        out.push(p);
+    }
+    out
+}
+
+/// HCM's answer to a consumed request: the server echoes the frame as a response, the local
+/// route answers 200, a one-way call gets the back's acknowledgement.
+fn answer(req: &http1::Parsed) -> (Vec<u8>, Vec<u8>) {
+    let kind = req.header("x-meltemi-kind").unwrap();
+    let empty = |headers: &str| format!("HTTP/1.1 200 OK\r\n{headers}content-length: 0\r\n\r\n");
+    match kind {
+        "request" => {
+            let id: u32 = req.header("x-meltemi-rid").unwrap().parse().unwrap();
+            let frame = lp(2, id, "r", &req.body);
+            let mut http = format!(
+                "HTTP/1.1 200 OK\r\nx-meltemi-response: response\r\ncontent-length: {}\r\nserver: envoy\r\n\r\n",
+                frame.len()
+            )
+            .into_bytes();
+            http.extend_from_slice(&frame);
+            (http, frame)
+        }
+        "oneway" => (
+            empty("x-meltemi-response: oneway-ack\r\n").into_bytes(),
+            Vec::new(),
+        ),
+        "heartbeat" => {
+            // The pong carries the heartbeat's id, which only the front knows: checked by caller.
+            (empty("").into_bytes(), Vec::new())
+        }
+        other => panic!("unexpected kind {other}"),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    kind: u8,
+    id: u32,
+    method: String,
+    payload: Vec<u8>,
+}
+
+impl Spec {
+    fn bytes(&self) -> Vec<u8> {
+        lp(self.kind, self.id, &self.method, &self.payload)
+    }
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        prop_oneof![4 => Just(1u8), 1 => Just(3u8), 1 => Just(4u8)],
+        any::<u32>(),
+        "[a-zA-Z0-9_.]{1,12}",
+        proptest::collection::vec(any::<u8>(), 0..48),
+    )
+        .prop_map(|(kind, id, method, payload)| Spec {
+            kind,
+            id,
+            method,
+            payload,
+        })
+}
+
+/// What the front writes for the whole stream handed over in one chunk.
+/// The bytes with every connection token of `x-meltemi-seq: <16 hex>-<n>` removed: tokens are
+/// random per connection, the rest of a bridged request is deterministic.
+fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
+    const NAME: &[u8] = b"x-meltemi-seq: ";
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i..].starts_with(NAME) {
+            out.extend_from_slice(NAME);
+            i += NAME.len();
+            let token = &bytes[i..bytes.len().min(i + 17)];
+            if token.len() == 17
+                && token[16] == b'-'
+                && token[..16].iter().all(u8::is_ascii_hexdigit)
+            {
+                i += 17;
+            }
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn reference(stream: &[u8]) -> Vec<u8> {
+    let mut f = front();
+    let mut sink = Recorder::default();
+    f.on_client_data(stream, 0, &mut sink).unwrap().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// Any chunking of the client stream, any HCM consumption points and answers interleaved:
+    /// the HTTP bytes HCM consumes equal the single-chunk reference, the read buffer never holds
+    /// a partial request, each answer becomes the right frame, and metrics add up.
+    #[test]
+    fn chunking_and_hcm_consumption_do_not_change_the_requests(
+        specs in proptest::collection::vec(spec(), 1..12),
+        cuts in proptest::collection::vec(1usize..64, 1..40),
+        consume in proptest::collection::vec(any::<u8>(), 40),
+        answers in proptest::collection::vec(any::<u8>(), 40),
+    ) {
+        let stream: Vec<u8> = specs.iter().flat_map(Spec::bytes).collect();
+        let expected = reference(&stream);
+
+        let mut f = front();
+        let mut sink = Recorder::default();
+        let mut buffer = Vec::new(); // Envoy's read buffer
+        let mut consumed = Vec::new(); // every byte HCM took, in order
+        let mut pending: std::collections::VecDeque<http1::Parsed> = Default::default();
+        let mut to_client = Vec::new();
+        let mut expected_to_client = Vec::new();
+        let mut now = 0u64;
+        let mut rest = &stream[..];
+        let hcm_turn = |f: &mut Front<Lp>,
+                            sink: &mut Recorder,
+                            buffer: &mut Vec<u8>,
+                            n_consume: usize,
+                            n_answer: usize,
+                            now: u64,
+                            consumed: &mut Vec<u8>,
+                            pending: &mut std::collections::VecDeque<http1::Parsed>,
+                            to_client: &mut Vec<u8>,
+                            expected_to_client: &mut Vec<u8>| {
+            let reqs = requests(buffer);
+            let take = n_consume.min(reqs.len());
+            let used: usize = reqs[..take].iter().map(|r| r.len).sum();
+            consumed.extend_from_slice(&buffer[..used]);
+            buffer.drain(..used);
+            pending.extend(reqs.into_iter().take(take));
+            for _ in 0..n_answer.min(pending.len()) {
+                let req = pending.pop_front().unwrap();
+                let (http, frame) = answer(&req);
+                expected_to_client.extend_from_slice(&frame);
+                // Cut HCM's write in two anywhere.
+                let cut = (now as usize) % (http.len() + 1);
+                to_client.extend(f.on_hcm_data(&http[..cut], now, sink).unwrap());
+                to_client.extend(f.on_hcm_data(&http[cut..], now, sink).unwrap());
+            }
+        };
+        for (i, cut) in cuts.iter().enumerate() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            buffer.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            now += 1_000_000;
+            if let Some(new) = f.on_client_data(&buffer, now, &mut sink).unwrap() {
+                buffer = new;
+            }
+            hcm_turn(&mut f, &mut sink, &mut buffer, (consume[i] % 4) as usize,
+                     (answers[i] % 3) as usize, now, &mut consumed, &mut pending,
+                     &mut to_client, &mut expected_to_client);
+        }
+        if !rest.is_empty() {
+            buffer.extend_from_slice(rest);
+            if let Some(new) = f.on_client_data(&buffer, now, &mut sink).unwrap() {
+                buffer = new;
+            }
+        }
+        // HCM drains and answers everything left.
+        hcm_turn(&mut f, &mut sink, &mut buffer, usize::MAX, usize::MAX, now + 1,
+                 &mut consumed, &mut pending, &mut to_client, &mut expected_to_client);
+        prop_assert!(buffer.is_empty());
+        prop_assert_eq!(strip_tokens(&consumed), strip_tokens(&expected), "HTTP stream differs from the one-chunk reference");
+
+        // Heartbeat answers are pongs with the heartbeat's id, in request order.
+        let mut expected_client = Vec::new();
+        let mut answered = expected_to_client.as_slice();
+        for s in &specs {
+            match s.kind {
+                1 => {
+                    let frame = lp(2, s.id, "r", &s.bytes());
+                    prop_assert!(answered.starts_with(&frame));
+                    answered = &answered[frame.len()..];
+                    expected_client.extend(frame);
+                }
+                4 => expected_client.extend(lp(5, s.id, "", b"")),
+                _ => {}
+            }
+        }
+        prop_assert_eq!(to_client, expected_client);
+        prop_assert_eq!(f.in_flight(), 0);
+
+        let calls = specs.iter().filter(|s| s.kind != 4).count() as u64;
+        prop_assert_eq!(sink.total(stats::REQUESTS, &[("protocol", "lp")]), calls);
+        prop_assert_eq!(sink.total(stats::RESPONSES, &[("protocol", "lp")]), calls);
+        prop_assert_eq!(
+            sink.total(stats::RESPONSES, &[("outcome", "success")]),
+            specs.iter().filter(|s| s.kind == 1).count() as u64
+        );
+        prop_assert_eq!(
+            sink.total(stats::HEARTBEATS, &[("role", "front")]),
+            specs.iter().filter(|s| s.kind == 4).count() as u64
+        );
+        prop_assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
+        let samples: usize = sink.samples.values().map(Vec::len).sum();
+        prop_assert_eq!(samples as u64, calls);
+    }
+
+    /// Arbitrary client bytes, in arbitrary chunks, after an optional valid prefix.
+    #[test]
+    fn arbitrary_client_bytes_never_panic(
+        prefix in proptest::collection::vec(spec(), 0..3),
+        junk in proptest::collection::vec(any::<u8>(), 0..256),
+        cuts in proptest::collection::vec(1usize..32, 1..16),
+        consume in any::<bool>(),
+    ) {
+        let mut stream: Vec<u8> = prefix.iter().flat_map(Spec::bytes).collect();
+        stream.extend_from_slice(&junk);
+        let mut f = front();
+        let mut sink = Recorder::default();
+        let mut buffer = Vec::new();
+        let mut rest = &stream[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            buffer.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            match f.on_client_data(&buffer, 0, &mut sink) {
+                Ok(Some(new)) => buffer = new,
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            // Whatever happened, nothing but whole requests is left for HCM.
+            let reqs = requests(&buffer);
+            if consume {
+                let used: usize = reqs.iter().map(|r| r.len).sum();
+                buffer.drain(..used);
+            }
+        }
+        f.on_close(&mut sink);
+        prop_assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
+    }
+
+    /// Arbitrary bytes from HCM, raw or HTTP-shaped, with requests in flight.
+    #[test]
+    fn arbitrary_hcm_bytes_never_panic(
+        n_requests in 0usize..4,
+        data in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            http_shaped(),
+        ],
+        cuts in proptest::collection::vec(1usize..32, 1..16),
+    ) {
+        let mut f = front();
+        let mut sink = Recorder::default();
+        let stream: Vec<u8> = (0..n_requests).flat_map(|i| lp(1, i as u32, "m", b"x")).collect();
+        if !stream.is_empty() {
+            f.on_client_data(&stream, 0, &mut sink).unwrap();
+        }
+        let mut rest = &data[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            if f.on_hcm_data(&rest[..n], 0, &mut sink).is_err() {
+                break;
+            }
+            rest = &rest[n..];
+        }
+        f.on_close(&mut sink);
+        prop_assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
+    }
+
+    /// Arbitrary bytes from the router and from the server, raw or shaped, into the back.
+    #[test]
+    fn arbitrary_bytes_into_the_back_never_panic(
+        router in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..256),
+            http_request_shaped(),
+        ],
+        server in proptest::collection::vec(any::<u8>(), 0..256),
+        valid_first in any::<bool>(),
+        cuts in proptest::collection::vec(1usize..32, 1..16),
+    ) {
+        let mut b = back();
+        let mut sink = Recorder::default();
+        let mut input = Vec::new();
+        if valid_first {
+            let frame = lp(3, 9, "m", b"x");
+            input.extend(format!(
+                "POST /svc/m HTTP/1.1\r\nhost: svc\r\nx-meltemi-kind: oneway\r\ncontent-length: {}\r\n\r\n",
+                frame.len()
+            ).into_bytes());
+            input.extend(frame);
+        }
+        input.extend(router);
+        for (data, server_side) in [(&input, false), (&server, true)] {
+            let mut rest = &data[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*cut).min(rest.len());
+                let r = if server_side {
+                    b.on_server_data(&rest[..n], &mut sink)
+                } else {
+                    b.on_router_data(&rest[..n], &mut sink)
+                };
+                if r.is_err() {
+                    break;
+                }
+                rest = &rest[n..];
+            }
+        }
+    }
+}
+
+fn http_shaped() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop_oneof![
+            Just(100u16),
+            Just(200),
+            Just(204),
+            Just(404),
+            Just(503),
+            100u16..600
+        ],
+        proptest::collection::vec(
+            prop_oneof![
+                Just("x-meltemi-response: response".to_owned()),
+                Just("x-meltemi-response: oneway-ack".to_owned()),
+                Just("transfer-encoding: chunked".to_owned()),
+                "x-meltemi-mutation: [a-z%=,]{0,12}",
+                "content-length: [0-9]{1,3}",
+                "[a-z-]{1,10}: [ -~]{0,10}",
+            ],
+            0..5,
+        ),
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any::<bool>(),
+    )
+        .prop_map(|(status, headers, body, chunked)| {
+            let mut s = format!("HTTP/1.1 {status} X\r\n");
+            for h in headers {
+                s.push_str(&h);
+                s.push_str("\r\n");
+            }
+            s.push_str("\r\n");
+            let mut out = s.into_bytes();
+            if chunked {
+                out.extend(format!("{:x}\r\n", body.len()).into_bytes());
+            }
+            out.extend(body);
+            out
+        })
+}
+
+fn http_request_shaped() -> impl Strategy<Value = Vec<u8>> {
+    (
+        proptest::collection::vec(
+            prop_oneof![
+                Just("x-meltemi-kind: request".to_owned()),
+                Just("x-meltemi-kind: oneway".to_owned()),
+                "x-meltemi-mutation: [a-z%=,]{0,12}",
+                "content-length: [0-9]{1,2}",
+                "[a-z-]{1,10}: [ -~]{0,10}",
+            ],
+            0..5,
+        ),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(headers, body)| {
+            let mut s = "POST /svc/m HTTP/1.1\r\n".to_owned();
+            for h in headers {
+                s.push_str(&h);
+                s.push_str("\r\n");
+            }
+            s.push_str("\r\n");
+            let mut out = s.into_bytes();
+            out.extend(body);
+            out
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// A few exact cases next to the properties.
+
+#[test]
+fn closing_with_requests_in_flight_releases_the_gauge() {
+    let mut f = front();
+    let mut sink = Recorder::default();
+    let stream = [lp(1, 1, "a", b""), lp(4, 2, "", b""), lp(3, 3, "b", b"")].concat();
+    f.on_client_data(&stream, 0, &mut sink).unwrap().unwrap();
+    assert_eq!(
+        sink.gauge_total(ACTIVE, &[]),
+        2,
+        "the heartbeat is not a call"
+    );
+    assert_eq!(f.in_flight(), 3);
+    f.on_close(&mut sink);
+    assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
+    assert_eq!(f.in_flight(), 0);
+}
+
+#[test]
+fn an_unsupported_mutation_forwards_the_frame_unchanged_and_counts() {
+    let mut b = back();
+    let mut sink = Recorder::default();
+    let frame = lp(1, 4, "m", b"body");
+    let mut http = format!(
+        "POST /svc/m HTTP/1.1\r\nhost: svc\r\nx-meltemi-kind: request\r\nx-meltemi-mutation: method=m2\r\ncontent-length: {}\r\n\r\n",
+        frame.len()
+    )
+    .into_bytes();
+    http.extend_from_slice(&frame);
+    assert_eq!(
+        b.on_router_data(&http, &mut sink).unwrap(),
+        lp(1, 4, "m2", b"body")
+    );
+    let other = String::from_utf8(http.clone())
+        .unwrap()
+        .replace("method=m2", "env=canary");
+    assert_eq!(
+        b.on_router_data(other.as_bytes(), &mut sink).unwrap(),
+        frame
+    );
+    assert_eq!(
+        sink.total(stats::MUTATION_UNSUPPORTED, &[("protocol", "lp")]),
+        1
+    );
+}
