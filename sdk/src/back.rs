@@ -27,7 +27,11 @@ enum Awaiting {
 
 /// Back-side state of one internal connection.
 pub struct Back<C: Codec> {
+    /// Decodes the server's stream.
     codec: C,
+    /// Decodes, mutates and probes the whole frames arriving in HTTP bodies, so that `codec`'s
+    /// view of the stream is never interrupted (see [`Codec::decode`]).
+    frame_codec: C,
     config: Rc<FilterConfig<C::Config>>,
     /// Router bytes not yet forming a complete HTTP request.
     request_partial: Vec<u8>,
@@ -41,6 +45,7 @@ impl<C: Codec> Back<C> {
     pub fn new(config: Rc<FilterConfig<C::Config>>) -> Self {
         Self {
             codec: C::new(&config.codec),
+            frame_codec: C::new(&config.codec),
             config,
             request_partial: Vec::new(),
             response_partial: Vec::new(),
@@ -100,7 +105,7 @@ impl<C: Codec> Back<C> {
         let mutation = bridge::mutation_from_headers(parsed.header_all(bridge::MUTATION_HEADER));
         let needs_message = !mutation.is_empty() || kind == MessageKind::OneWay;
         let message = if needs_message {
-            match self.codec.decode(frame) {
+            match self.frame_codec.decode(frame) {
                 Ok(Some(m)) if m.len == frame.len() => Some(m),
                 _ => {
                     sink.count(
@@ -121,7 +126,7 @@ impl<C: Codec> Back<C> {
         match &message {
             Some(m) if !mutation.is_empty() => {
                 let start = out.len();
-                if let Err(e) = self.codec.encode(frame, m, &mutation, out) {
+                if let Err(e) = self.frame_codec.encode(frame, m, &mutation, out) {
                     out.truncate(start);
                     let name = if e.kind() == CodecErrorKind::Unsupported {
                         stats::name(stats::MUTATION_UNSUPPORTED, &[("protocol", protocol)])
@@ -138,7 +143,7 @@ impl<C: Codec> Back<C> {
             _ => out.extend_from_slice(frame),
         }
         let awaiting = match (kind, &message) {
-            (MessageKind::OneWay, Some(m)) => match self.codec.delivery_probe(m) {
+            (MessageKind::OneWay, Some(m)) => match self.frame_codec.delivery_probe(m) {
                 Some(probe) => {
                     out.extend_from_slice(&probe);
                     Awaiting::ProbeAnswer(m.request_id)

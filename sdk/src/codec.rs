@@ -209,6 +209,11 @@ pub trait Codec: Sized + 'static {
     ///   once it would exceed the configured size limit).
     /// - `Ok(Some(message))`: one complete message of `message.len` bytes starts the buffer.
     /// - `Err(malformed)`: the stream is corrupt; the framework closes this connection only.
+    ///
+    /// After `Ok(None)`, the next call on the same codec value sees the same bytes followed by
+    /// more (until a message is returned), so a codec may remember how far it got and resume
+    /// instead of re-reading the prefix: protocols whose frame length is only known at its end
+    /// (unframed Thrift) must, or a slow sender makes decoding quadratic.
     fn decode(&mut self, buf: &[u8]) -> Result<Option<Message>, CodecError>;
 
     /// Write `frame` (exactly one message, as decoded into `message`) to `out` with `mutation`

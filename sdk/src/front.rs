@@ -49,7 +49,11 @@ struct Handed {
 
 /// Front-side state of one client connection.
 pub struct Front<C: Codec> {
+    /// Decodes the client's stream and builds replies to its requests.
     codec: C,
+    /// Decodes whole frames from HTTP bodies (response mutation), so that `codec`'s view of
+    /// the stream is never interrupted (see [`Codec::decode`]).
+    frame_codec: C,
     config: Rc<FilterConfig<C::Config>>,
     /// Client bytes not yet forming a complete frame.
     partial: Vec<u8>,
@@ -68,6 +72,7 @@ impl<C: Codec> Front<C> {
     pub fn new(config: Rc<FilterConfig<C::Config>>) -> Self {
         Self {
             codec: C::new(&config.codec),
+            frame_codec: C::new(&config.codec),
             config,
             partial: Vec::new(),
             handed: VecDeque::new(),
@@ -423,10 +428,13 @@ impl<C: Codec> Front<C> {
             out.extend_from_slice(&parsed.body);
             return Ok(());
         }
-        match self.codec.decode(&parsed.body) {
+        match self.frame_codec.decode(&parsed.body) {
             Ok(Some(message)) if message.len == parsed.body.len() => {
                 let start = out.len();
-                match self.codec.encode(&parsed.body, &message, &mutation, out) {
+                match self
+                    .frame_codec
+                    .encode(&parsed.body, &message, &mutation, out)
+                {
                     Ok(()) => {}
                     Err(e) => {
                         out.truncate(start);
