@@ -12,13 +12,13 @@ use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
 use crate::config::FilterConfig;
 use crate::front::Fatal;
 use crate::stats::{self, Sink};
-use crate::{http1, Codec, CodecErrorKind, MessageKind};
+use crate::{http1, Codec, CodecErrorKind, Message, MessageKind};
 
 /// What the server owes us next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Awaiting {
-    /// The response to a forwarded request.
-    Response,
+    /// The response to a forwarded request with this request id (when the front sent it).
+    Response(Option<u64>),
     /// The server's answer to the delivery probe sent after a one-way call with this id.
     ProbeAnswer(u64),
     /// A one-way call without a probe: nothing will come; Envoy's route timeout ends it.
@@ -38,7 +38,13 @@ pub struct Back<C: Codec> {
     /// Server bytes not yet forming a complete frame.
     response_partial: Vec<u8>,
     awaiting: VecDeque<Awaiting>,
+    /// Request ids of the last one-way calls whose probe was answered. Some servers answer a
+    /// one-way call anyway, after the probe; such a late answer carries one of these ids.
+    acknowledged_oneways: VecDeque<u64>,
 }
+
+/// How many acknowledged one-way ids are remembered for recognising late answers.
+const ONEWAY_MEMORY: usize = 32;
 
 impl<C: Codec> Back<C> {
     /// State for a new internal connection.
@@ -50,6 +56,7 @@ impl<C: Codec> Back<C> {
             request_partial: Vec::new(),
             response_partial: Vec::new(),
             awaiting: VecDeque::new(),
+            acknowledged_oneways: VecDeque::new(),
         }
     }
 
@@ -150,7 +157,7 @@ impl<C: Codec> Back<C> {
                 }
                 None => Awaiting::Nothing,
             },
-            _ => Awaiting::Response,
+            _ => Awaiting::Response(parsed.header(RID_HEADER).and_then(|v| v.parse().ok())),
         };
         self.awaiting.push_back(awaiting);
         Ok(())
@@ -233,24 +240,26 @@ impl<C: Codec> Back<C> {
             while self.awaiting.front() == Some(&Awaiting::Nothing) {
                 self.awaiting.pop_front();
             }
-            if let Some(Awaiting::ProbeAnswer(id)) = self.awaiting.front() {
-                if *id == message.request_id && !self.codec.is_probe_answer(&message) {
-                    // The server answered the one-way call itself; nobody is waiting for that.
-                    sink.count(
-                        &stats::name(
-                            stats::UNEXPECTED,
-                            &[("protocol", protocol), ("role", "back")],
-                        ),
-                        1,
-                    );
-                    continue;
-                }
+            if self.is_stray(&message) {
+                // The server answered a one-way call itself; nobody is waiting for that.
+                sink.count(
+                    &stats::name(
+                        stats::UNEXPECTED,
+                        &[("protocol", protocol), ("role", "back")],
+                    ),
+                    1,
+                );
+                continue;
             }
             match self.awaiting.pop_front() {
                 Some(Awaiting::ProbeAnswer(id)) if id == message.request_id => {
+                    if self.acknowledged_oneways.len() == ONEWAY_MEMORY {
+                        self.acknowledged_oneways.pop_front();
+                    }
+                    self.acknowledged_oneways.push_back(id);
                     http1::write_response(&mut out, [(RESPONSE_HEADER, bridge::ONEWAY_ACK)], &[]);
                 }
-                Some(Awaiting::Response) => {
+                Some(Awaiting::Response(_)) => {
                     let rid = message.request_id.to_string();
                     let md = bridge::metadata_headers(&message.metadata);
                     let headers = [
@@ -272,5 +281,23 @@ impl<C: Codec> Back<C> {
         };
         self.response_partial.drain(..offset);
         result.map(|()| out)
+    }
+
+    /// A server's own answer to a one-way call: it carries the call's id and is neither the
+    /// probe's answer (before the probe is answered) nor the awaited response (after).
+    /// A late answer whose id equals the awaited request's id cannot be told apart and is
+    /// taken as the response; ids differ on a connection unless the client reuses them.
+    fn is_stray(&self, message: &Message) -> bool {
+        let id = message.request_id;
+        match self.awaiting.front() {
+            Some(Awaiting::ProbeAnswer(probe)) if *probe == id => {
+                !self.codec.is_probe_answer(message)
+            }
+            Some(Awaiting::ProbeAnswer(_)) | None => self.acknowledged_oneways.contains(&id),
+            Some(Awaiting::Response(Some(awaited))) => {
+                *awaited != id && self.acknowledged_oneways.contains(&id)
+            }
+            Some(Awaiting::Response(None)) | Some(Awaiting::Nothing) => false,
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod dubbo_load;
+pub mod dubbo_peer;
 pub mod envoy;
 pub mod load;
 pub mod minirpc_peer;

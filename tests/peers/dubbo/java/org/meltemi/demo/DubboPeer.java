@@ -33,7 +33,14 @@ import java.util.concurrent.atomic.AtomicLong;
  * <pre>
  * provider --port N --tag v1|v2        serve org.meltemi.demo.EchoService on 127.0.0.1:N
  * consumer --port N [--dubbo 2.0.2]    call every method once, print one line per call
+ * consumer --port N --call SPEC ...    run the given calls over one connection (see {@link #script})
  * </pre>
+ *
+ * The provider logs every request ({@code provider v1 <- path#method id=N [args] {attachments}})
+ * and every heartbeat ({@code provider v1 <- heartbeat id=N}) so tests can tell which provider
+ * served a call and that a heartbeat answered by a proxy never arrived. Besides the
+ * {@link EchoService} methods it answers {@code attachment(key)} with
+ * {@code <tag>:<key>=<value of that attachment>}, to show attachments a proxy added.
  */
 public final class DubboPeer {
     static final String SERVICE = "org.meltemi.demo.EchoService";
@@ -43,10 +50,15 @@ public final class DubboPeer {
 
     public static void main(String[] args) throws Exception {
         Map<String, String> opts = new HashMap<>();
-        for (int i = 1; i + 1 < args.length; i += 2) opts.put(args[i], args[i + 1]);
+        List<String> calls = new ArrayList<>();
+        for (int i = 1; i + 1 < args.length; i += 2) {
+            if (args[i].equals("--call")) calls.add(args[i + 1]); else opts.put(args[i], args[i + 1]);
+        }
         int port = Integer.parseInt(opts.getOrDefault("--port", "20880"));
         if (args.length > 0 && args[0].equals("provider")) {
             provider(port, opts.getOrDefault("--tag", "v1"));
+        } else if (args.length > 0 && args[0].equals("consumer") && !calls.isEmpty()) {
+            System.exit(script(port, opts.getOrDefault("--dubbo", "2.0.2"), calls));
         } else if (args.length > 0 && args[0].equals("consumer")) {
             System.exit(consumer(port, opts.getOrDefault("--dubbo", "2.0.2")));
         } else {
@@ -158,6 +170,8 @@ public final class DubboPeer {
                 }
                 if (!f.isRequest()) continue;
                 if (f.isEvent()) {
+                    System.out.println("provider " + tag + " <- heartbeat id=" + f.id);
+                    System.out.flush();
                     // Heartbeat: answer two-way ones with an event response holding null.
                     if (f.isTwoWay()) write(out, (byte) (FLAG_EVENT | HESSIAN2), OK, f.id, hessian(o -> o.writeNull()));
                     continue;
@@ -180,7 +194,7 @@ public final class DubboPeer {
         Object[] args = new Object[countParameters(desc)];
         for (int i = 0; i < args.length; i++) args[i] = in.readObject();
         Map<String, Object> attachments = (Map<String, Object>) in.readObject();
-        System.out.println("provider " + tag + " <- " + path + "#" + method + " " + Arrays.toString(args) + " " + attachments);
+        System.out.println("provider " + tag + " <- " + path + "#" + method + " id=" + f.id + " " + Arrays.toString(args) + " " + attachments);
         System.out.flush();
 
         Object value = null;
@@ -204,6 +218,11 @@ public final class DubboPeer {
                 break;
             }
             case "notify": value = null; break;
+            case "attachment": {
+                Object a = attachments == null ? null : attachments.get(String.valueOf(args[0]));
+                value = tag + ":" + args[0] + "=" + (a == null ? "<none>" : a);
+                break;
+            }
             default: failure = "Not found method " + method + " in service " + path + " (provider " + tag + ")";
         }
         if (!f.isTwoWay()) return;
@@ -236,9 +255,13 @@ public final class DubboPeer {
     static final AtomicLong IDS = new AtomicLong(1);
 
     static byte[] invocation(String dubbo, String method, String desc, Object[] args, Map<String, Object> att) throws IOException {
+        return invocation(dubbo, SERVICE, method, desc, args, att);
+    }
+
+    static byte[] invocation(String dubbo, String service, String method, String desc, Object[] args, Map<String, Object> att) throws IOException {
         return hessian(o -> {
             o.writeString(dubbo);
-            o.writeString(SERVICE);
+            o.writeString(service);
             o.writeString("1.0.0");
             o.writeString(method);
             o.writeString(desc);
@@ -248,9 +271,13 @@ public final class DubboPeer {
     }
 
     static Map<String, Object> attachments(String dubbo) {
+        return attachments(dubbo, SERVICE);
+    }
+
+    static Map<String, Object> attachments(String dubbo, String service) {
         Map<String, Object> a = new HashMap<>();
-        a.put("path", SERVICE);
-        a.put("interface", SERVICE);
+        a.put("path", service);
+        a.put("interface", service);
         a.put("version", "1.0.0");
         a.put("group", "demo");
         a.put("timeout", "3000");
@@ -315,6 +342,60 @@ public final class DubboPeer {
             if (hb.id != id || !hb.isEvent()) failures++;
             System.out.println(failures == 0 ? "java consumer: all calls OK" : "java consumer: " + failures + " failures");
             return failures == 0 ? 0 : 1;
+        }
+    }
+
+    /**
+     * Runs scripted calls over ONE connection and prints one line per call:
+     * {@code CALL <i> OK <value>}, {@code CALL <i> ERR <reason>} or {@code CALL <i> SENT} (one-way),
+     * then {@code DONE}. A call is {@code interface|method|argument|k=v,k=v|mode} with mode empty or
+     * {@code oneway}; {@code sleep|MS} pauses. {@code greet} sends {@code User("ann", 41, 7, [argument])};
+     * every other method sends the argument as its one String. Exit status 0 when the script
+     * ran to the end (the caller judges the answers).
+     */
+    static int script(int port, String dubbo, List<String> calls) throws IOException {
+        try (Socket s = new Socket("127.0.0.1", port)) {
+            s.setSoTimeout(10000);
+            DataInputStream in = new DataInputStream(s.getInputStream());
+            OutputStream out = s.getOutputStream();
+            for (int i = 0; i < calls.size(); i++) {
+                String[] p = calls.get(i).split("\\|", -1);
+                if (p[0].equals("sleep")) {
+                    try { Thread.sleep(Long.parseLong(p[1])); } catch (InterruptedException e) { return 1; }
+                    continue;
+                }
+                String service = p[0], method = p[1], arg = p[2];
+                boolean oneway = p.length > 4 && p[4].equals("oneway");
+                Map<String, Object> att = attachments(dubbo, service);
+                if (p.length > 3 && !p[3].isEmpty()) {
+                    for (String kv : p[3].split(",")) {
+                        String[] e = kv.split("=", 2);
+                        att.put(e[0], e.length > 1 ? e[1] : "");
+                    }
+                }
+                boolean greet = method.equals("greet");
+                Object argument = greet ? new User("ann", 41, 7L, new ArrayList<>(List.of(arg))) : arg;
+                String desc = greet ? "Lorg/meltemi/demo/User;" : "Ljava/lang/String;";
+                long id = IDS.getAndIncrement();
+                byte flags = (byte) (FLAG_REQUEST | HESSIAN2 | (oneway ? 0 : FLAG_TWOWAY));
+                write(out, flags, (byte) 0, id, invocation(dubbo, service, method, desc, new Object[] {argument}, att));
+                if (oneway) {
+                    System.out.println("CALL " + i + " SENT");
+                    continue;
+                }
+                Frame f = read(in);
+                String d = describe(f).replace('\n', ' ');
+                if (f.id != id) {
+                    System.out.println("CALL " + i + " ERR unexpected frame id " + f.id + " (wanted " + id + "): " + d);
+                } else if (d.startsWith("value ")) {
+                    System.out.println("CALL " + i + " OK " + d.substring(6));
+                } else {
+                    System.out.println("CALL " + i + " ERR " + d);
+                }
+                System.out.flush();
+            }
+            System.out.println("DONE");
+            return 0;
         }
     }
 }
