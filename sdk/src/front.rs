@@ -415,7 +415,13 @@ impl<C: Codec> Front<C> {
         }
         let Some(marker) = marker else {
             let kind = bridge::error_kind_for_status(parsed.status);
-            let detail = local_reply_detail(parsed);
+            // Name what failed: the client's error shows which call had no route or failed.
+            let detail = format!(
+                "{}/{}: {}",
+                request.service,
+                request.method,
+                local_reply_detail(parsed)
+            );
             return self.local_reply(&request, kind, &detail, out, sink);
         };
         let outcome = match MessageKind::parse(marker) {

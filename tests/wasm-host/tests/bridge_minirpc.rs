@@ -686,7 +686,8 @@ fn front_turns_local_replies_into_error_frames_at_every_split() {
     let mut h = front();
     for (i, (status, headers, body, error, detail)) in cases.into_iter().enumerate() {
         let id = 1000 + i as u64;
-        let expected = error_frame(id, error, detail);
+        // The detail names the call (`request(.., "nope", ..)` goes to service `demo`).
+        let expected = error_frame(id, error, &format!("demo/nope: {detail}"));
         let plain = http_response(status, headers, body);
         let chunked = chunked_response(status, headers, body, 4);
         for resp in [plain, chunked] {
