@@ -23,6 +23,28 @@ pub(crate) fn malformed<T>(msg: impl Into<String>) -> Res<T> {
     Err(DecodeError::Malformed(msg.into()))
 }
 
+// Bytes moved over by every cursor on this thread (reads and skips alike): the unit tests use
+// it to prove that resumed decoding does linear work. Test builds only.
+#[cfg(test)]
+thread_local! {
+    static ADVANCED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The [`ADVANCED`] counter's current value.
+#[cfg(test)]
+pub(crate) fn advanced() -> u64 {
+    ADVANCED.with(|c| c.get())
+}
+
+#[cfg(test)]
+fn count(n: usize) {
+    ADVANCED.with(|c| c.set(c.get() + n as u64));
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn count(_: usize) {}
+
 /// A forward-only reader over `buf`.
 #[derive(Debug, Clone)]
 pub(crate) struct Cursor<'a> {
@@ -42,6 +64,16 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A reader over a stream prefix like [`Cursor::open`], starting at offset `pos` (clamped
+    /// to the end): where a resumed walk left off.
+    pub(crate) fn open_at(buf: &'a [u8], pos: usize) -> Self {
+        Self {
+            buf,
+            pos: pos.min(buf.len()),
+            bounded: false,
+        }
+    }
+
     /// A reader over a whole frame whose length the transport declared.
     pub(crate) fn bounded(buf: &'a [u8]) -> Self {
         Self {
@@ -54,6 +86,11 @@ impl<'a> Cursor<'a> {
     /// Bytes consumed so far.
     pub(crate) fn pos(&self) -> usize {
         self.pos
+    }
+
+    /// Move the read position back to `mark`, an earlier [`Cursor::pos`].
+    pub(crate) fn rewind(&mut self, mark: usize) {
+        self.pos = mark.min(self.pos);
     }
 
     /// Bytes left after the read position.
@@ -79,6 +116,7 @@ impl<'a> Cursor<'a> {
         let out = self.buf.get(self.pos..end);
         match out {
             Some(out) => {
+                count(n);
                 self.pos = end;
                 Ok(out)
             }
@@ -102,6 +140,7 @@ impl<'a> Cursor<'a> {
     /// One byte.
     pub(crate) fn u8(&mut self, what: &str) -> Res<u8> {
         let b = self.peek(what)?;
+        count(1);
         self.pos += 1;
         Ok(b)
     }

@@ -64,16 +64,22 @@ fn frame_len(buf: &[u8]) -> Res<usize> {
     Ok(len as usize)
 }
 
-/// Parse the THeader frame at the start of `buf`. The fixed fields are validated as soon as
-/// they arrive, so a corrupt stream fails before its whole (possibly bogus) length is buffered.
-pub(crate) fn parse(buf: &[u8]) -> Res<HeaderFrame<'_>> {
+/// The whole length (length field included) of the THeader frame starting `buf`, once the
+/// fixed fields that can be checked before the frame is complete (length, magic) are valid.
+pub(crate) fn frame_total(buf: &[u8]) -> Res<usize> {
     let len = frame_len(buf)?;
     let mut early = Cursor::open(buf.get(4..).unwrap_or_default());
     let magic = early.u16("header transport magic")?;
     if magic != MAGIC {
         return malformed(format!("invalid thrift header transport magic {magic:04x}"));
     }
-    let total_len = len + 4;
+    Ok(len + 4)
+}
+
+/// Parse the THeader frame at the start of `buf`. The fixed fields are validated as soon as
+/// they arrive, so a corrupt stream fails before its whole (possibly bogus) length is buffered.
+pub(crate) fn parse(buf: &[u8]) -> Res<HeaderFrame<'_>> {
+    let total_len = frame_total(buf)?;
     let Some(frame) = buf.get(4..total_len) else {
         return Err(DecodeError::Incomplete);
     };

@@ -4,8 +4,13 @@
 //! compact with field-id deltas and inline booleans; framed, unframed and THeader), from random
 //! nested values. The codec must find exactly the message, with the expected metadata, never
 //! decide on a prefix, and never panic on arbitrary bytes.
+//!
+//! The `chunked_*` properties check resumable decoding: one codec value fed a stream in random
+//! chunks, each call seeing everything buffered since the last message (as the framework does),
+//! must give at every chunk boundary exactly what a fresh codec gives on that whole prefix at
+//! once: the same messages, then the same `Ok(None)` or the same error.
 
-use meltemi_sdk::{Codec, MessageKind};
+use meltemi_sdk::{Codec, CodecError, Message, MessageKind};
 use meltemi_thrift::{Config, ProtocolConfig, ThriftCodec, TransportConfig};
 use proptest::prelude::*;
 
@@ -426,6 +431,205 @@ fn config_for(c: &Case, explicit: bool) -> Config {
             Proto::Binary { .. } => ProtocolConfig::Binary,
         },
         ..Config::default()
+    }
+}
+
+/// A body with what makes resuming interesting added to `case()`: a large string, and a long
+/// list of structs that nest a map and a random value.
+fn big_case() -> impl Strategy<Value = Case> {
+    (
+        case(),
+        (4096usize..100_000, any::<u8>()),
+        value(),
+        16usize..300,
+        any::<i16>(),
+        any::<i16>(),
+    )
+        .prop_map(|(mut c, (len, fill), inner, n, id1, id2)| {
+            c.body.push((id1, Value::Str(vec![fill; len])));
+            let elem = Value::Struct(vec![
+                (1, inner.clone()),
+                (
+                    2,
+                    Value::Map {
+                        key: Box::new(Value::I32(n as i32)),
+                        val: Box::new(inner),
+                        n: 2,
+                    },
+                ),
+            ]);
+            c.body.push((
+                id2,
+                Value::List {
+                    set: false,
+                    elem: Box::new(elem),
+                    n,
+                },
+            ));
+            c
+        })
+        .prop_filter("depth within the default limit", |c| {
+            c.body.iter().map(|(_, v)| depth(v)).max().unwrap_or(0) < 63
+        })
+}
+
+/// Chunk sizes, used cyclically: byte by byte, small reads, or larger ones.
+fn chunking() -> impl Strategy<Value = Vec<usize>> {
+    prop_oneof![
+        Just(vec![1]),
+        proptest::collection::vec(1usize..16, 1..8),
+        proptest::collection::vec(1usize..4096, 1..8),
+    ]
+}
+
+/// Chunk boundaries for a stream of `len` bytes, ending with `len`.
+fn cuts(len: usize, sizes: &[usize]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for size in sizes.iter().cycle() {
+        at = (at + size.max(&1)).min(len);
+        out.push(at);
+        if at == len {
+            return out;
+        }
+    }
+    out
+}
+
+/// The messages a fresh codec finds in `stream` at once, then how the rest ends: `None` when it
+/// waits for more, or the error.
+fn one_shot(config: &Config, stream: &[u8]) -> (Vec<Message>, Option<CodecError>) {
+    let mut codec = ThriftCodec::new(config);
+    let mut buf = stream;
+    let mut messages = Vec::new();
+    loop {
+        match codec.decode(buf) {
+            Ok(Some(m)) => {
+                assert!(m.len > 0 && m.len <= buf.len(), "bad length {}", m.len);
+                buf = &buf[m.len..];
+                messages.push(m);
+            }
+            Ok(None) => return (messages, None),
+            Err(e) => return (messages, Some(e)),
+        }
+    }
+}
+
+/// Feed `stream` to one codec in chunks of `sizes` bytes; at every boundary, compare with
+/// [`one_shot`] on the prefix so far. Stops after the first error, as the framework does.
+fn check_chunked(config: &Config, stream: &[u8], sizes: &[usize]) -> Result<(), TestCaseError> {
+    let mut codec = ThriftCodec::new(config);
+    let mut start = 0;
+    let mut messages = Vec::new();
+    for end in cuts(stream.len(), sizes) {
+        let error = loop {
+            match codec.decode(&stream[start..end]) {
+                Ok(Some(m)) => {
+                    prop_assert!(m.len > 0 && start + m.len <= end, "bad length {}", m.len);
+                    start += m.len;
+                    messages.push(m);
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        let (want_messages, want_error) = one_shot(config, &stream[..end]);
+        prop_assert_eq!(&messages, &want_messages, "messages at {}", end);
+        prop_assert_eq!(&error, &want_error, "end at {}", end);
+        if error.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Up to three messages on one connection (same transport and protocol as the first).
+fn stream_of(cases: &[Case]) -> Vec<u8> {
+    let Some(first) = cases.first() else {
+        return Vec::new();
+    };
+    cases
+        .iter()
+        .flat_map(|c| {
+            Case {
+                trans: first.trans,
+                proto: first.proto,
+                ..c.clone()
+            }
+            .bytes()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunked_messages_match_one_shot(
+        cases in proptest::collection::vec(case(), 1..4),
+        explicit in any::<bool>(),
+        tail in proptest::collection::vec(any::<u8>(), 0..8),
+        sizes in chunking(),
+    ) {
+        let mut stream = stream_of(&cases);
+        let whole = stream.len();
+        stream.extend_from_slice(&tail);
+        let config = config_for(&cases[0], explicit);
+        check_chunked(&config, &stream, &sizes)?;
+        // And the end result is every message, found whole.
+        let (messages, _) = one_shot(&config, &stream[..whole]);
+        prop_assert_eq!(messages.len(), cases.len());
+    }
+
+    #[test]
+    fn chunked_corrupted_streams_match_one_shot(
+        cases in proptest::collection::vec(case(), 1..4),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        max_depth in 1u32..8,
+        sizes in chunking(),
+    ) {
+        let mut stream = stream_of(&cases);
+        for (i, b) in flips {
+            let i = i.index(stream.len());
+            stream[i] ^= b;
+        }
+        let config = Config { max_depth, ..Config::default() };
+        check_chunked(&config, &stream, &sizes)?;
+    }
+
+    #[test]
+    fn chunked_arbitrary_bytes_match_one_shot(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+        sel in 0u8..12,
+        max_depth in 1u32..8,
+        sizes in chunking(),
+    ) {
+        let config = Config {
+            transport: [TransportConfig::Auto, TransportConfig::Framed, TransportConfig::Unframed, TransportConfig::Header][usize::from(sel % 4)],
+            protocol: [ProtocolConfig::Auto, ProtocolConfig::Binary, ProtocolConfig::Compact][usize::from(sel / 4)],
+            max_depth,
+        };
+        check_chunked(&config, &bytes, &sizes)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn chunked_large_nested_messages_match_one_shot(
+        cases in proptest::collection::vec(big_case(), 1..3),
+        explicit in any::<bool>(),
+        sizes in prop_oneof![
+            proptest::collection::vec(1usize..64, 1..8),
+            proptest::collection::vec(1usize..8192, 1..8),
+        ],
+    ) {
+        let stream = stream_of(&cases);
+        let config = config_for(&cases[0], explicit);
+        check_chunked(&config, &stream, &sizes)?;
+        let (messages, error) = one_shot(&config, &stream);
+        prop_assert_eq!((messages.len(), error), (cases.len(), None));
     }
 }
 
