@@ -78,6 +78,10 @@ pub struct Message {
     /// service name, if the frame carries one) and `method`. Everything else is protocol-specific
     /// (`version`, `group`, attachments, THeader info headers, ...).
     pub metadata: Metadata,
+    /// Codec-private facts about this message that replies to it need later (Thrift keeps the
+    /// THeader sequence id and the exact protocol here). The framework carries it untouched
+    /// from `decode` to `error_reply`, `heartbeat_reply` and `delivery_probe`; 0 when unused.
+    pub context: u64,
 }
 
 /// Why the framework answers a request itself instead of relaying a server response.

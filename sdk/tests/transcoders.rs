@@ -91,6 +91,7 @@ impl Codec for Lp {
             kind,
             request_id: u64::from(id),
             metadata,
+            context: 0,
         }))
     }
 

@@ -13,6 +13,7 @@ fn main() {
         kind: MessageKind::Request,
         request_id: 0,
         metadata: Metadata::new(),
+        context: 0,
     };
     for kind in ErrorKind::ALL {
         let detail = format!("meltemi test: {}", kind.as_str());

@@ -114,6 +114,7 @@ impl Codec for DubboCodec {
             kind,
             request_id: h.request_id,
             metadata,
+            context: 0,
         }))
     }
 

@@ -71,8 +71,6 @@ pub mod reply;
 mod skip;
 pub mod transport;
 
-use std::collections::VecDeque;
-
 use meltemi_sdk::{Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
 
 pub use config::{Config, ProtocolConfig, TransportConfig};
@@ -82,29 +80,58 @@ pub use transport::Transport;
 use cursor::{malformed, Cursor, DecodeError, Res};
 use message::{MessageHead, MessageType};
 
-/// How many recently decoded requests are remembered for error replies and probes. A reply
-/// needs the exact name and framing the client sent; a bounded ring keeps memory flat even
-/// when a client pipelines without waiting.
-const RECENT: usize = 64;
-
-/// What an error reply or probe needs to know about a request.
-#[derive(Debug, Clone)]
-struct Recent {
-    seqid: i32,
-    name: Vec<u8>,
+/// What an error reply or a probe needs about a request beyond its metadata and seqid: the
+/// exact protocol it used and its THeader frame seqid. Packed into [`Message::context`], so it
+/// travels with the request however many others are pipelined behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplyContext {
     protocol: Protocol,
-    /// THeader frame seqid, when the request came in a THeader frame.
     header_seqid: Option<i32>,
 }
 
+impl ReplyContext {
+    /// Set in every packed context, so that 0 (a message this codec did not decode) is never
+    /// mistaken for one.
+    const VALID: u64 = 1 << 40;
+    const HAS_HEADER: u64 = 1 << 32;
+
+    fn pack(self) -> u64 {
+        let protocol: u64 = match self.protocol {
+            Protocol::Binary { strict: true } => 0,
+            Protocol::Binary { strict: false } => 1,
+            Protocol::Compact => 2,
+        };
+        let header = match self.header_seqid {
+            Some(seqid) => Self::HAS_HEADER | u64::from(seqid as u32),
+            None => 0,
+        };
+        Self::VALID | (protocol << 33) | header
+    }
+
+    fn unpack(context: u64) -> Option<Self> {
+        if context & Self::VALID == 0 {
+            return None;
+        }
+        let protocol = match (context >> 33) & 0b11 {
+            0 => Protocol::Binary { strict: true },
+            1 => Protocol::Binary { strict: false },
+            _ => Protocol::Compact,
+        };
+        let header_seqid = (context & Self::HAS_HEADER != 0).then_some(context as u32 as i32);
+        Some(Self {
+            protocol,
+            header_seqid,
+        })
+    }
+}
+
 /// The Thrift codec: one value per connection side. It remembers the detected transport and
-/// protocol, the last [`RECENT`] requests, and how far it got into an incomplete message.
+/// protocol and how far it got into an incomplete message.
 #[derive(Debug, Clone)]
 pub struct ThriftCodec {
     config: Config,
     transport: Option<Transport>,
     protocol: Option<Protocol>,
-    recent: VecDeque<Recent>,
     progress: Progress,
 }
 
@@ -275,56 +302,38 @@ impl ThriftCodec {
         }
 
         self.protocol = Some(head.protocol);
-        if kind.is_request() {
-            if self.recent.len() >= RECENT {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(Recent {
-                seqid: head.seqid,
-                name: head.name.to_vec(),
-                protocol: head.protocol,
-                header_seqid,
-            });
-        }
         Ok(Message {
             len,
             kind,
             request_id: u64::from(head.seqid as u32),
             metadata: own,
+            context: ReplyContext {
+                protocol: head.protocol,
+                header_seqid,
+            }
+            .pack(),
         })
     }
 
-    /// What to reply with for `request`: the remembered request if still known, else what
-    /// its metadata and the connection state say. Many clients reuse one seqid for every call
-    /// (Apache Thrift's Python client always sends 0), so the method must match too.
-    fn recall(&mut self, request: &Message, take: bool) -> Option<Recent> {
+    /// The name, seqid, protocol and THeader seqid to answer `request` with: from its
+    /// metadata and context, or (for a message this codec did not decode) from the
+    /// connection's state.
+    fn reply_target(&self, request: &Message) -> Option<(Vec<u8>, i32, Protocol, Option<i32>)> {
         let seqid = request.request_id as u32 as i32;
         let method = request.metadata.get("method")?;
+        // Decoding split the name at its first colon; joining restores it as sent.
         let name = match request.metadata.get("service") {
             Some(service) => format!("{service}:{method}"),
             None => method.to_owned(),
         };
-        let same_call = |r: &Recent| {
-            let n = String::from_utf8_lossy(&r.name);
-            r.seqid == seqid
-                && (n == name
-                    || n == method
-                    || n.strip_suffix(method).is_some_and(|s| s.ends_with(':')))
+        let (protocol, header_seqid) = match ReplyContext::unpack(request.context) {
+            Some(ctx) => (ctx.protocol, ctx.header_seqid),
+            None => (
+                self.protocol?,
+                (self.transport == Some(Transport::Header)).then_some(seqid),
+            ),
         };
-        if let Some(i) = self.recent.iter().rposition(same_call) {
-            return if take {
-                self.recent.remove(i)
-            } else {
-                self.recent.get(i).cloned()
-            };
-        }
-        let header_seqid = (self.transport == Some(Transport::Header)).then_some(seqid);
-        Some(Recent {
-            seqid,
-            name: name.into_bytes(),
-            protocol: self.protocol?,
-            header_seqid,
-        })
+        Some((name.into_bytes(), seqid, protocol, header_seqid))
     }
 }
 
@@ -353,7 +362,6 @@ impl Codec for ThriftCodec {
             config: config.clone(),
             transport: None,
             protocol: None,
-            recent: VecDeque::new(),
             progress: Progress::default(),
         }
     }
@@ -390,20 +398,15 @@ impl Codec for ThriftCodec {
 
     fn error_reply(&mut self, request: &Message, kind: ErrorKind, detail: &str) -> Option<Vec<u8>> {
         let transport = self.transport?;
-        let r = self.recall(request, true)?;
+        let (name, seqid, protocol, header_seqid) = self.reply_target(request)?;
         let msg = reply::app_exception_message(
-            r.protocol,
-            &r.name,
-            r.seqid,
+            protocol,
+            &name,
+            seqid,
             detail,
             reply::app_exception_type(kind),
         );
-        reply::frame(
-            transport,
-            r.protocol,
-            r.header_seqid.unwrap_or(r.seqid),
-            msg,
-        )
+        reply::frame(transport, protocol, header_seqid.unwrap_or(seqid), msg)
     }
 
     /// An empty CALL to [`reply::PROBE_METHOD`] (prefixed with the one-way call's service when
@@ -411,22 +414,17 @@ impl Codec for ThriftCodec {
     /// one-way call's seqid. The server's UNKNOWN_METHOD exception acknowledges the call.
     fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
         let transport = self.transport?;
-        let r = self.recall(oneway, false)?;
-        let name = match r.name.iter().position(|b| *b == b':') {
+        let (name, seqid, protocol, header_seqid) = self.reply_target(oneway)?;
+        let name = match name.iter().position(|b| *b == b':') {
             Some(i) => {
-                let mut n = r.name.get(..=i)?.to_vec();
+                let mut n = name.get(..=i)?.to_vec();
                 n.extend_from_slice(reply::PROBE_METHOD.as_bytes());
                 n
             }
             None => reply::PROBE_METHOD.as_bytes().to_vec(),
         };
-        let msg = reply::empty_call(r.protocol, &name, r.seqid);
-        reply::frame(
-            transport,
-            r.protocol,
-            r.header_seqid.unwrap_or(r.seqid),
-            msg,
-        )
+        let msg = reply::empty_call(protocol, &name, seqid);
+        reply::frame(transport, protocol, header_seqid.unwrap_or(seqid), msg)
     }
 
     /// Real servers answer the probe call with an UNKNOWN_METHOD exception naming it.
@@ -456,6 +454,53 @@ mod tests {
     }
 
     #[test]
+    fn reply_context_round_trips() {
+        for protocol in [
+            Protocol::Binary { strict: true },
+            Protocol::Binary { strict: false },
+            Protocol::Compact,
+        ] {
+            for header_seqid in [None, Some(0), Some(-1), Some(i32::MAX), Some(7)] {
+                let ctx = ReplyContext {
+                    protocol,
+                    header_seqid,
+                };
+                assert_eq!(ReplyContext::unpack(ctx.pack()), Some(ctx));
+            }
+        }
+        assert_eq!(ReplyContext::unpack(0), None);
+    }
+
+    /// Pipelined THeader calls with the same name and message seqid (Apache's Python client
+    /// sends seqid 0 every time) but different frame seqids: each error reply carries its own
+    /// request's frame seqid, in whatever order the replies are built.
+    #[test]
+    fn error_replies_follow_each_request_not_the_latest_one() {
+        let proto = Protocol::Binary { strict: true };
+        let mut c = ThriftCodec::new(&Config::default());
+        let mut requests = Vec::new();
+        for frame_seqid in [5, 6] {
+            let frame = reply::frame(
+                Transport::Header,
+                proto,
+                frame_seqid,
+                strict_call("fail", 0),
+            )
+            .unwrap();
+            let m = c.decode(&frame).unwrap().unwrap();
+            assert_eq!(m.len, frame.len());
+            requests.push(m);
+        }
+        for (request, frame_seqid) in requests.iter().zip([5, 6]).rev() {
+            let reply = c
+                .error_reply(request, ErrorKind::RouteNotFound, "no route")
+                .unwrap();
+            let parsed = header::parse(&reply).unwrap();
+            assert_eq!(parsed.seqid, frame_seqid);
+        }
+    }
+
+    #[test]
     fn error_reply_needs_a_known_connection() {
         let mut c = ThriftCodec::new(&Config::default());
         let m = Message {
@@ -463,6 +508,7 @@ mod tests {
             kind: MessageKind::Request,
             request_id: 1,
             metadata: Metadata::new(),
+            context: 0,
         };
         assert_eq!(c.error_reply(&m, ErrorKind::Internal, "x"), None);
         assert_eq!(c.delivery_probe(&m), None);
@@ -529,10 +575,9 @@ mod tests {
             (head.name, head.seqid, head.mtype),
             (&b"Svc:m"[..], 5, MessageType::Exception)
         );
-        // A request is answered once: the second reply falls back to the metadata and the
-        // message seqid.
-        let again = c.error_reply(&req, ErrorKind::OverLimit, "x").unwrap();
-        assert_eq!(header::parse(&again).unwrap().seqid, 5);
+        // Replies are built from the request itself: asking again gives the same frame.
+        let again = c.error_reply(&req, ErrorKind::OverLimit, "slow down").unwrap();
+        assert_eq!(again, reply);
     }
 
     #[test]

@@ -88,6 +88,7 @@ impl Codec for MiniRpc {
             kind,
             request_id,
             metadata,
+            context: 0,
         }))
     }
 
