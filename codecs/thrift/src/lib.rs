@@ -576,7 +576,9 @@ mod tests {
             (&b"Svc:m"[..], 5, MessageType::Exception)
         );
         // Replies are built from the request itself: asking again gives the same frame.
-        let again = c.error_reply(&req, ErrorKind::OverLimit, "slow down").unwrap();
+        let again = c
+            .error_reply(&req, ErrorKind::OverLimit, "slow down")
+            .unwrap();
         assert_eq!(again, reply);
     }
 
