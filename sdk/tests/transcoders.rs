@@ -228,9 +228,9 @@ fn spec() -> impl Strategy<Value = Spec> {
         })
 }
 
-/// What the front writes for the whole stream handed over in one chunk.
 /// The bytes with every connection token of `x-meltemi-seq: <16 hex>-<n>` removed: tokens are
-/// random per connection, the rest of a bridged request is deterministic.
+/// random per connection, the rest of a bridged request is deterministic. (The same as
+/// `meltemi_wasm_host::envoy_emulation::strip_tokens`: the SDK does not depend on the test host.)
 fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
     const NAME: &[u8] = b"x-meltemi-seq: ";
     let mut out = Vec::with_capacity(bytes.len());
@@ -254,6 +254,7 @@ fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What the front writes for the whole stream handed over in one chunk.
 fn reference(stream: &[u8]) -> Vec<u8> {
     let mut f = front();
     let mut sink = Recorder::default();

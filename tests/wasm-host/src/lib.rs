@@ -20,6 +20,9 @@
 //! println!("{action:?}, next filter sees {:?}", host.read_buffer(conn));
 //! ```
 //!
+//! For bridge filters, [`envoy_emulation`] plays Envoy's HCM, router and tcp_proxy around the
+//! front and back roles; [`rng`] gives suites the same deterministic randomness as the host.
+//!
 //! Semantics and where they come from (proxy-wasm-cpp-host `src/exports.cc`, Envoy
 //! `source/extensions/common/wasm/context.cc`):
 //! - `proxy_set_buffer_bytes(DownstreamData | UpstreamData, start, size, data)`: `start == 0`
@@ -42,9 +45,11 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+pub mod envoy_emulation;
 mod host;
 mod imports;
 mod memory;
+pub mod rng;
 mod state;
 mod wasi;
 mod wasm_build;

@@ -2,7 +2,8 @@
 //! the bridge on the deterministic proxy-wasm host, fed with byte streams captured between real
 //! third-party Dubbo peers (`codecs/dubbo/tests/vectors`: Caucho Hessian2 Java, dubbo2.js,
 //! sofa-rpc-node and dubbo-ssl-python consumers against a Java and a sofa-rpc-node provider).
-//! This file plays Envoy's parts like `bridge_minirpc.rs`: HCM, the router and tcp_proxy.
+//! Envoy's parts (HCM, the router and tcp_proxy) are played by
+//! `meltemi_wasm_host::envoy_emulation`, as in `bridge_minirpc.rs`.
 //!
 //! What it proves, asserting exact bytes and counters (expected frames are the captured ones;
 //! Dubbo frame headers are cut by this file, the codec crate only reads the replies the filter
@@ -36,7 +37,13 @@ use meltemi_dubbo::hessian::Reader;
 use meltemi_dubbo::{DubboCodec, DubboConfig};
 use meltemi_sdk::bridge::mutation_header_value;
 use meltemi_sdk::{Codec, MessageKind};
-use meltemi_wasm_host::{build_wasm, ConnId, Host, HostError, Module};
+use meltemi_wasm_host::envoy_emulation::{
+    back_response, bridged_request, counter, hcm_consume, http_response, local_request, ok,
+    parse_all, parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write,
+    DECODE_ERRORS, ONEWAY_ACK,
+};
+use meltemi_wasm_host::rng::Rng;
+use meltemi_wasm_host::{build_wasm, ConnId, Host, Module};
 
 // ---------------------------------------------------------------------------------------------
 // Captured vectors.
@@ -165,7 +172,7 @@ fn expected_requests(consumer_name: &str, stream: &[u8]) -> Vec<(Vec<u8>, usize)
 }
 
 // ---------------------------------------------------------------------------------------------
-// The module, hosts and Envoy's parts (as in bridge_minirpc.rs).
+// The module, hosts and the bridged requests.
 
 fn module() -> Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
@@ -191,220 +198,10 @@ fn back() -> Host {
     host(r#"{"role":"back"}"#)
 }
 
-fn ok<T>(r: Result<T, HostError>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("host call failed: {e}"),
-    }
-}
-
-fn send(host: &mut Host, c: ConnId, bytes: &[u8]) {
-    ok(host.downstream_data(c, bytes, false));
-}
-
-fn write(host: &mut Host, c: ConnId, bytes: &[u8]) -> Vec<u8> {
-    ok(host.upstream_data(c, bytes, false)).1
-}
-
-fn stat(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut s = name.to_owned();
-    for (k, v) in labels {
-        s.push_str(&format!(";.;{k}=.={v}"));
-    }
-    s
-}
-
-fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> u64 {
-    host.counter(&stat(name, labels)).unwrap_or(0)
-}
-
 const P: (&str, &str) = ("protocol", "dubbo");
-const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
-
-#[derive(Debug, Clone)]
-struct Req {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    raw: Vec<u8>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn parse_request(buf: &[u8]) -> Option<Req> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let head = match req.parse(buf).expect("valid HTTP/1.1 request head") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    assert_eq!(req.method, Some("POST"));
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8(h.value.to_vec()).unwrap(),
-            )
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("content-length");
-    if buf.len() < head + len {
-        return None;
-    }
-    Some(Req {
-        path: req.path.unwrap().to_owned(),
-        headers,
-        body: buf[head..head + len].to_vec(),
-        raw: buf[..head + len].to_vec(),
-    })
-}
-
-fn parse_all(buf: &[u8]) -> Vec<Req> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        let req = parse_request(rest)
-            .unwrap_or_else(|| panic!("partial HTTP request in the read buffer: {rest:?}"));
-        rest = &rest[req.raw.len()..];
-        out.push(req);
-    }
-    out
-}
-
-fn hcm_consume(host: &mut Host, c: ConnId, n: usize) -> Vec<Req> {
-    let reqs: Vec<Req> = parse_all(host.read_buffer(c)).into_iter().take(n).collect();
-    let used = reqs.iter().map(|r| r.raw.len()).sum();
-    host.drain_read(c, used);
-    reqs
-}
-
-fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
-    const NAME: &[u8] = b"x-meltemi-seq: ";
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(NAME) {
-            out.extend_from_slice(NAME);
-            i += NAME.len();
-            let token = &bytes[i..bytes.len().min(i + 17)];
-            if token.len() == 17
-                && token[16] == b'-'
-                && token[..16].iter().all(u8::is_ascii_hexdigit)
-            {
-                i += 17;
-            }
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn rb(h: &Host, c: ConnId) -> Vec<u8> {
-    strip_tokens(h.read_buffer(c))
-}
-
 fn front_request(seq: usize, kind: &str, rid: u64, md: &[(&str, String)], frame: &[u8]) -> Vec<u8> {
     let method = &md.iter().find(|(k, _)| *k == "method").unwrap().1;
-    let mut s = format!(
-        "POST /{SERVICE}/{method} HTTP/1.1\r\nx-meltemi-seq: {seq}\r\nhost: {SERVICE}\r\nx-meltemi-kind: {kind}\r\nx-meltemi-rid: {rid}\r\n"
-    );
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-fn local_request(seq: usize, kind: &str) -> Vec<u8> {
-    format!(
-        "POST /__meltemi/local HTTP/1.1\r\nx-meltemi-seq: {seq}\r\nhost: meltemi.local\r\nx-meltemi-kind: {kind}\r\ncontent-length: 0\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-const DATE: &str = "date: Thu, 01 Jan 2026 00:00:00 GMT\r\n";
-
-fn http_response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status}\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!(
-        "content-length: {}\r\n{DATE}server: envoy\r\n\r\n",
-        body.len()
-    ));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-fn relay(back_http: &[u8]) -> Vec<u8> {
-    let end = back_http
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let mut out = back_http[..end].to_vec();
-    out.extend_from_slice(
-        format!("\r\n{DATE}server: envoy\r\nx-envoy-upstream-service-time: 1\r\n\r\n").as_bytes(),
-    );
-    out.extend_from_slice(&back_http[end + 4..]);
-    out
-}
-
-fn router_request(req: &Req, extra: &[(&str, &str)]) -> Vec<u8> {
-    let host = req.header("host").unwrap();
-    let mut s = format!("POST {} HTTP/1.1\r\nhost: {host}\r\n", req.path);
-    for (k, v) in &req.headers {
-        if k != "host" && k != "content-length" {
-            s.push_str(&format!("{k}: {v}\r\n"));
-        }
-    }
-    s.push_str("x-forwarded-proto: http\r\nx-request-id: 6d1c8e4e-0000-4000-8000-000000000001\r\nx-envoy-expected-rq-timeout-ms: 5000\r\n");
-    for (k, v) in extra {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", req.body.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(&req.body);
-    out
-}
-
-fn back_response(kind: &str, rid: u64, md: &[(&str, &str)], frame: &[u8]) -> Vec<u8> {
-    let mut s =
-        format!("HTTP/1.1 200 OK\r\nx-meltemi-response: {kind}\r\nx-meltemi-rid: {rid}\r\n");
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-const ONEWAY_ACK: &[u8] =
-    b"HTTP/1.1 200 OK\r\nx-meltemi-response: oneway-ack\r\ncontent-length: 0\r\n\r\n";
-
-fn tcp_proxy_take(host: &mut Host, c: ConnId) -> Vec<u8> {
-    let out = host.read_buffer(c).to_vec();
-    host.drain_read(c, usize::MAX);
-    out
+    bridged_request(seq, SERVICE, method, kind, rid, md, frame)
 }
 
 /// The heartbeat response the codec documents: event flag + Hessian2, status OK, body `N`.
@@ -859,24 +656,6 @@ fn a_non_hessian2_serialization_id_closes_and_counts() {
         assert_eq!(write(&mut b, bc, &resp), b"");
         assert!(b.closed(bc));
         assert_eq!(counter(&b, DECODE_ERRORS, &[P, ("role", "back")]), 1);
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
     }
 }
 

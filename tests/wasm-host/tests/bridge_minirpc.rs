@@ -1,8 +1,9 @@
 //! The real, built `minirpc.wasm` (release, `wasm32-wasip1`) driven through both roles of the
-//! bridge on the deterministic proxy-wasm host, with this file playing Envoy's parts: HCM
-//! (parsing and consuming the front's HTTP/1.1 requests, writing responses and local replies),
-//! the router (re-writing a request toward the back's internal listener) and tcp_proxy
-//! (consuming everything the back hands on, relaying server bytes).
+//! bridge on the deterministic proxy-wasm host, with `meltemi_wasm_host::envoy_emulation` and
+//! this file playing Envoy's parts: HCM (parsing and consuming the front's HTTP/1.1 requests,
+//! writing responses and local replies), the router (re-writing a request toward the back's
+//! internal listener) and tcp_proxy (consuming everything the back hands on, relaying server
+//! bytes).
 //!
 //! It proves, asserting exact bytes and counters:
 //! - front: frames become exactly the expected HTTP requests, whatever the chunking (never a
@@ -19,7 +20,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use meltemi_wasm_host::abi::log_level;
-use meltemi_wasm_host::{build_wasm, Action, ConnId, Host, HostError, Module};
+use meltemi_wasm_host::envoy_emulation::{
+    back_response, bridged_request, chunked_response, counter, hcm_consume, http_response,
+    local_request, ok, parse_all, parse_request, rb, relay, router_request, send, stat,
+    tcp_proxy_take, DECODE_ERRORS,
+};
+use meltemi_wasm_host::rng::Rng;
+use meltemi_wasm_host::{build_wasm, Action, ConnId, Host, Module};
 
 // ---------------------------------------------------------------------------------------------
 // MiniRPC wire format, written independently of the codec (see examples/minirpc/src/lib.rs).
@@ -129,178 +136,29 @@ fn back() -> Host {
     host(r#"{"role": "back"}"#)
 }
 
-/// Any failure of a host call is a test failure, a trap most of all.
-fn ok<T>(r: Result<T, HostError>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("host call failed: {e}"),
-    }
-}
-
-/// The client sends `bytes`; returns the filter's action.
-fn send(host: &mut Host, c: ConnId, bytes: &[u8]) -> Action {
-    ok(host.downstream_data(c, bytes, false))
-}
-
-/// HCM (front) or the back's router-side peer writes `bytes`; returns what reaches the other end.
+/// HCM (front) or the back's router-side peer writes `bytes`; returns what reaches the other end
+/// (unlike `envoy_emulation::write`, the filter must also answer `Continue`).
 fn write(host: &mut Host, c: ConnId, bytes: &[u8]) -> Vec<u8> {
     let (action, out) = ok(host.upstream_data(c, bytes, false));
     assert_eq!(action, Action::Continue);
     out
 }
 
-fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> u64 {
-    host.counter(&stat(name, labels)).unwrap_or(0)
-}
-
-fn stat(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut s = name.to_owned();
-    for (k, v) in labels {
-        s.push_str(&format!(";.;{k}=.={v}"));
-    }
-    s
-}
-
-const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
 const REFUSED: &str = "meltemi_refused_total";
 const P: (&str, &str) = ("protocol", "minirpc");
 
 // ---------------------------------------------------------------------------------------------
-// HTTP/1.1 as HCM, the router and Envoy's local replies see and write it.
+// HTTP/1.1 as HCM, the router and Envoy's local replies see and write it (the shapes shared by
+// every protocol are in `meltemi_wasm_host::envoy_emulation`).
 
-/// One HTTP/1.1 request parsed out of a read buffer.
-#[derive(Debug, Clone)]
-struct Req {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    raw: Vec<u8>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Parses one complete request at the start of `buf`; `None` when incomplete.
-fn parse_request(buf: &[u8]) -> Option<Req> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let head = match req.parse(buf).expect("valid HTTP/1.1 request head") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    assert_eq!(req.method, Some("POST"));
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8(h.value.to_vec()).unwrap(),
-            )
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("content-length");
-    if buf.len() < head + len {
-        return None;
-    }
-    Some(Req {
-        path: req.path.unwrap().to_owned(),
-        headers,
-        body: buf[head..head + len].to_vec(),
-        raw: buf[..head + len].to_vec(),
-    })
-}
-
-/// Every request in `buf`; the buffer must hold complete requests and nothing else (no partial
-/// frame, no raw protocol bytes ever reach HCM).
-fn parse_all(buf: &[u8]) -> Vec<Req> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        let req = parse_request(rest)
-            .unwrap_or_else(|| panic!("partial HTTP request in the read buffer: {rest:?}"));
-        rest = &rest[req.raw.len()..];
-        out.push(req);
-    }
-    out
-}
-
-/// HCM consumes the first `n` requests of the read buffer (all if `n` is larger).
-fn hcm_consume(host: &mut Host, c: ConnId, n: usize) -> Vec<Req> {
-    let reqs: Vec<Req> = parse_all(host.read_buffer(c)).into_iter().take(n).collect();
-    let used = reqs.iter().map(|r| r.raw.len()).sum();
-    host.drain_read(c, used);
-    reqs
-}
-
-/// The bytes with every connection token of `x-meltemi-seq: <16 hex>-<n>` removed: tokens are
-/// random per connection, the rest of a bridged request is deterministic.
-fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
-    const NAME: &[u8] = b"x-meltemi-seq: ";
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(NAME) {
-            out.extend_from_slice(NAME);
-            i += NAME.len();
-            let token = &bytes[i..bytes.len().min(i + 17)];
-            if token.len() == 17
-                && token[16] == b'-'
-                && token[..16].iter().all(u8::is_ascii_hexdigit)
-            {
-                i += 17;
-            }
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// What HCM would read, tokens stripped (compare with [`front_request`] and friends).
-fn rb(h: &Host, c: ConnId) -> Vec<u8> {
-    strip_tokens(h.read_buffer(c))
-}
-
-/// The request the front must write for a frame of service `demo`.
+/// The request the front must write for a frame (service and method from its metadata).
 fn front_request(seq: u64, kind: &str, rid: u64, md: &[(&str, &str)], frame: &[u8]) -> Vec<u8> {
     let get = |key: &str| {
         md.iter()
             .find(|(k, _)| *k == key)
             .map_or("unknown", |e| e.1)
     };
-    let mut s = format!(
-        "POST /{}/{} HTTP/1.1\r\nx-meltemi-seq: {seq}\r\nhost: {}\r\nx-meltemi-kind: {kind}\r\nx-meltemi-rid: {rid}\r\n",
-        get("service"),
-        get("method"),
-        get("service"),
-    );
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-/// The request the front writes for a request it answers itself.
-fn local_request(seq: u64, kind: &str) -> Vec<u8> {
-    format!(
-        "POST /__meltemi/local HTTP/1.1\r\nx-meltemi-seq: {seq}\r\nhost: meltemi.local\r\nx-meltemi-kind: {kind}\r\ncontent-length: 0\r\n\r\n"
-    )
-    .into_bytes()
+    bridged_request(seq, get("service"), get("method"), kind, rid, md, frame)
 }
 
 fn demo_request(seq: u64, id: u64, method: &str, frame: &[u8]) -> Vec<u8> {
@@ -311,42 +169,6 @@ fn demo_request(seq: u64, id: u64, method: &str, frame: &[u8]) -> Vec<u8> {
         &[("service", "demo"), ("method", method)],
         frame,
     )
-}
-
-const DATE: &str = "date: Thu, 01 Jan 2026 00:00:00 GMT\r\n";
-
-/// A response as HCM writes it: `headers`, a content-length, Envoy's own headers, the body.
-fn http_response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status}\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!(
-        "content-length: {}\r\n{DATE}server: envoy\r\n\r\n",
-        body.len()
-    ));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// The same with a chunked body, cut in chunks of at most `chunk` bytes.
-fn chunked_response(status: &str, headers: &[(&str, &str)], body: &[u8], chunk: usize) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status}\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!(
-        "transfer-encoding: chunked\r\n{DATE}server: envoy\r\n\r\n"
-    ));
-    let mut out = s.into_bytes();
-    for part in body.chunks(chunk) {
-        out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-        out.extend_from_slice(part);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"0\r\n\r\n");
-    out
 }
 
 /// What HCM relays from the back: the back's marker headers plus Envoy's own.
@@ -361,46 +183,6 @@ fn relayed(kind: &str, rid: u64, frame: &[u8]) -> Vec<u8> {
         ],
         frame,
     )
-}
-
-/// What the router sends to the back for a request HCM parsed: the same request line, host and
-/// headers, plus Envoy's own headers and `extra` (e.g. route-added mutations).
-fn router_request(req: &Req, extra: &[(&str, &str)]) -> Vec<u8> {
-    let host = req.header("host").unwrap();
-    let mut s = format!("POST {} HTTP/1.1\r\nhost: {host}\r\n", req.path);
-    for (k, v) in &req.headers {
-        if k != "host" && k != "content-length" {
-            s.push_str(&format!("{k}: {v}\r\n"));
-        }
-    }
-    s.push_str("x-forwarded-proto: http\r\nx-request-id: 6d1c8e4e-0000-4000-8000-000000000001\r\nx-envoy-expected-rq-timeout-ms: 5000\r\n");
-    for (k, v) in extra {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", req.body.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(&req.body);
-    out
-}
-
-/// The response the back must write for a server frame.
-fn back_response(kind: &str, rid: u64, md: &[(&str, &str)], frame: &[u8]) -> Vec<u8> {
-    let mut s =
-        format!("HTTP/1.1 200 OK\r\nx-meltemi-response: {kind}\r\nx-meltemi-rid: {rid}\r\n");
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-/// tcp_proxy takes everything the back left in the read buffer.
-fn tcp_proxy_take(host: &mut Host, c: ConnId) -> Vec<u8> {
-    let out = host.read_buffer(c).to_vec();
-    host.drain_read(c, usize::MAX);
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1023,14 +805,7 @@ fn round_trip_through_front_hcm_router_back_and_server() {
         let http = write(&mut bh, bc, &answer);
         assert_eq!(http, back_response("response", id, &[], &answer));
         // HCM relays it with its own headers added.
-        let head_end = http.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let mut relayed = http[..head_end].to_vec();
-        relayed.extend_from_slice(
-            format!("\r\n{DATE}server: envoy\r\nx-envoy-upstream-service-time: 1\r\n\r\n")
-                .as_bytes(),
-        );
-        relayed.extend_from_slice(&http[head_end + 4..]);
-        assert_eq!(write(&mut fh, fc, &relayed), answer);
+        assert_eq!(write(&mut fh, fc, &relay(&http)), answer);
     }
 }
 
@@ -1230,25 +1005,6 @@ fn garbage_closes_only_its_connection() {
     h.downstream_close(bad).unwrap();
     h.downstream_close(good).unwrap();
     assert_eq!(h.gauge(&stat("meltemi_active_requests", &[P])), Some(0));
-}
-
-/// splitmix64: deterministic test randomness.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// Random bytes, often shaped like the input the filter expects so that deep paths run.

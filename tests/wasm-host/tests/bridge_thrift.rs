@@ -2,8 +2,8 @@
 //! the bridge on the deterministic proxy-wasm host, fed with byte streams captured from real
 //! third-party Thrift peers (`codecs/thrift/tests/vectors`: Apache Thrift Python 0.25 and
 //! thriftpy2 clients and servers, buffered / framed / THeader × binary strict / non-strict /
-//! compact, TMultiplexedProtocol, THeader info headers). This file plays Envoy's parts like
-//! `bridge_minirpc.rs`: HCM, the router and tcp_proxy.
+//! compact, TMultiplexedProtocol, THeader info headers). Envoy's parts (HCM, the router and
+//! tcp_proxy) are played by `meltemi_wasm_host::envoy_emulation`, as in `bridge_minirpc.rs`.
 //!
 //! What it proves, asserting exact bytes and counters (expected frames are the captured ones;
 //! Thrift headers are read by the small independent parser below, never by the codec):
@@ -32,7 +32,13 @@ use meltemi_sdk::bridge::mutation_header_value;
 use meltemi_sdk::{Codec, MessageKind};
 use meltemi_thrift::ThriftCodec;
 use meltemi_wasm_host::abi::log_level;
-use meltemi_wasm_host::{build_wasm, ConnId, Host, HostError, Module};
+use meltemi_wasm_host::envoy_emulation::{
+    back_response, bridged_request, counter, hcm_consume, http_response, ok, parse_all,
+    parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write, DECODE_ERRORS,
+    ONEWAY_ACK,
+};
+use meltemi_wasm_host::rng::Rng;
+use meltemi_wasm_host::{build_wasm, ConnId, Host, Module};
 
 // ---------------------------------------------------------------------------------------------
 // Captured vectors.
@@ -386,7 +392,7 @@ fn frame_metadata(frame: &[u8], tr: Tr) -> (Head, Vec<(String, String)>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The module, hosts and Envoy's parts (as in bridge_minirpc.rs).
+// The module, hosts and the bridged requests.
 
 fn module() -> Module {
     static MODULE: OnceLock<Module> = OnceLock::new();
@@ -407,133 +413,7 @@ fn host(config: &str) -> Host {
 const FRONT: &str = r#"{"role":"front","service":"echo"}"#;
 const BACK: &str = r#"{"role":"back","service":"echo"}"#;
 
-fn ok<T>(r: Result<T, HostError>) -> T {
-    match r {
-        Ok(v) => v,
-        Err(e) => panic!("host call failed: {e}"),
-    }
-}
-
-fn send(host: &mut Host, c: ConnId, bytes: &[u8]) {
-    ok(host.downstream_data(c, bytes, false));
-}
-
-fn write(host: &mut Host, c: ConnId, bytes: &[u8]) -> Vec<u8> {
-    ok(host.upstream_data(c, bytes, false)).1
-}
-
-fn stat(name: &str, labels: &[(&str, &str)]) -> String {
-    let mut s = name.to_owned();
-    for (k, v) in labels {
-        s.push_str(&format!(";.;{k}=.={v}"));
-    }
-    s
-}
-
-fn counter(host: &Host, name: &str, labels: &[(&str, &str)]) -> u64 {
-    host.counter(&stat(name, labels)).unwrap_or(0)
-}
-
 const P: (&str, &str) = ("protocol", "thrift");
-const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
-
-#[derive(Debug, Clone)]
-struct Req {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    raw: Vec<u8>,
-}
-
-impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn parse_request(buf: &[u8]) -> Option<Req> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let head = match req.parse(buf).expect("valid HTTP/1.1 request head") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return None,
-    };
-    assert_eq!(req.method, Some("POST"));
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8(h.value.to_vec()).unwrap(),
-            )
-        })
-        .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map(|(_, v)| v.parse().unwrap())
-        .expect("content-length");
-    if buf.len() < head + len {
-        return None;
-    }
-    Some(Req {
-        path: req.path.unwrap().to_owned(),
-        headers,
-        body: buf[head..head + len].to_vec(),
-        raw: buf[..head + len].to_vec(),
-    })
-}
-
-fn parse_all(buf: &[u8]) -> Vec<Req> {
-    let mut out = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        let req = parse_request(rest)
-            .unwrap_or_else(|| panic!("partial HTTP request in the read buffer: {rest:?}"));
-        rest = &rest[req.raw.len()..];
-        out.push(req);
-    }
-    out
-}
-
-fn hcm_consume(host: &mut Host, c: ConnId, n: usize) -> Vec<Req> {
-    let reqs: Vec<Req> = parse_all(host.read_buffer(c)).into_iter().take(n).collect();
-    let used = reqs.iter().map(|r| r.raw.len()).sum();
-    host.drain_read(c, used);
-    reqs
-}
-
-fn strip_tokens(bytes: &[u8]) -> Vec<u8> {
-    const NAME: &[u8] = b"x-meltemi-seq: ";
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(NAME) {
-            out.extend_from_slice(NAME);
-            i += NAME.len();
-            let token = &bytes[i..bytes.len().min(i + 17)];
-            if token.len() == 17
-                && token[16] == b'-'
-                && token[..16].iter().all(u8::is_ascii_hexdigit)
-            {
-                i += 17;
-            }
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-fn rb(h: &Host, c: ConnId) -> Vec<u8> {
-    strip_tokens(h.read_buffer(c))
-}
-
 /// The request the front must write for a frame, service `echo` from the configuration.
 fn front_request(
     seq: usize,
@@ -543,85 +423,7 @@ fn front_request(
     frame: &[u8],
 ) -> Vec<u8> {
     let method = &md.iter().find(|(k, _)| k == "method").unwrap().1;
-    let mut s = format!(
-        "POST /echo/{method} HTTP/1.1\r\nx-meltemi-seq: {seq}\r\nhost: echo\r\nx-meltemi-kind: {kind}\r\nx-meltemi-rid: {rid}\r\n"
-    );
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-const DATE: &str = "date: Thu, 01 Jan 2026 00:00:00 GMT\r\n";
-
-fn http_response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut s = format!("HTTP/1.1 {status}\r\n");
-    for (k, v) in headers {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!(
-        "content-length: {}\r\n{DATE}server: envoy\r\n\r\n",
-        body.len()
-    ));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-/// HCM relaying the back's response: Envoy's own headers added after the back's.
-fn relay(back_http: &[u8]) -> Vec<u8> {
-    let end = back_http
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
-    let mut out = back_http[..end].to_vec();
-    out.extend_from_slice(
-        format!("\r\n{DATE}server: envoy\r\nx-envoy-upstream-service-time: 1\r\n\r\n").as_bytes(),
-    );
-    out.extend_from_slice(&back_http[end + 4..]);
-    out
-}
-
-fn router_request(req: &Req, extra: &[(&str, &str)]) -> Vec<u8> {
-    let host = req.header("host").unwrap();
-    let mut s = format!("POST {} HTTP/1.1\r\nhost: {host}\r\n", req.path);
-    for (k, v) in &req.headers {
-        if k != "host" && k != "content-length" {
-            s.push_str(&format!("{k}: {v}\r\n"));
-        }
-    }
-    s.push_str("x-forwarded-proto: http\r\nx-request-id: 6d1c8e4e-0000-4000-8000-000000000001\r\nx-envoy-expected-rq-timeout-ms: 5000\r\n");
-    for (k, v) in extra {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", req.body.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(&req.body);
-    out
-}
-
-fn back_response(kind: &str, rid: u64, md: &[(String, String)], frame: &[u8]) -> Vec<u8> {
-    let mut s =
-        format!("HTTP/1.1 200 OK\r\nx-meltemi-response: {kind}\r\nx-meltemi-rid: {rid}\r\n");
-    for (k, v) in md {
-        s.push_str(&format!("{k}: {v}\r\n"));
-    }
-    s.push_str(&format!("content-length: {}\r\n\r\n", frame.len()));
-    let mut out = s.into_bytes();
-    out.extend_from_slice(frame);
-    out
-}
-
-const ONEWAY_ACK: &[u8] =
-    b"HTTP/1.1 200 OK\r\nx-meltemi-response: oneway-ack\r\ncontent-length: 0\r\n\r\n";
-
-fn tcp_proxy_take(host: &mut Host, c: ConnId) -> Vec<u8> {
-    let out = host.read_buffer(c).to_vec();
-    host.drain_read(c, usize::MAX);
-    out
+    bridged_request(seq, "echo", method, kind, rid, md, frame)
 }
 
 /// The HTTP requests the front must write for a whole captured request stream, checked on the
@@ -836,6 +638,7 @@ fn round_trip_of_every_capture_through_front_router_back_and_server() {
                 v.stem
             );
             let rid = u64::from(rhead.seqid as u32);
+            let md: Vec<_> = md.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             assert_eq!(http, back_response(kind, rid, &md, &frame), "{}", v.stem);
             assert_eq!(write(&mut f, fc, &relay(&http)), frame, "{}", v.stem);
         }
@@ -1059,21 +862,6 @@ fn back_writes_a_mutation_into_theader_info_headers_only() {
 // ---------------------------------------------------------------------------------------------
 // Garbage and corruption.
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// After any input: HCM sees only complete HTTP requests whose bodies are consecutive pieces
 /// of `input` from its start, and a closed connection was counted as a decode error.
 fn check_front_after(h: &Host, c: ConnId, input: &[u8], errors_before: u64, what: &str) -> usize {
@@ -1192,11 +980,7 @@ fn garbage_and_random_streams_never_trap_and_close_only_their_connection() {
                 }
                 m
             }
-            _ => [
-                &v.req[..rng.below(v.req.len())],
-                &rng_bytes(&mut rng, n)[..],
-            ]
-            .concat(),
+            _ => [&v.req[..rng.below(v.req.len())], &rng.bytes(n)[..]].concat(),
         };
         let before = counter(&f, DECODE_ERRORS, &[P, ("role", "front")]);
         let mut rest = &input[..];
@@ -1232,28 +1016,16 @@ fn garbage_and_random_streams_never_trap_and_close_only_their_connection() {
         send(&mut b, c, &routed);
         tcp_proxy_take(&mut b, c);
         let n = rng.below(300);
-        let junk = [
-            &v.resp[..rng.below(v.resp.len())],
-            &rng_bytes(&mut rng, n)[..],
-        ]
-        .concat();
+        let junk = [&v.resp[..rng.below(v.resp.len())], &rng.bytes(n)[..]].concat();
         ok(b.upstream_data(c, &junk, false));
         ok(b.downstream_close(c));
         let c = ok(b.new_connection());
-        let junk = [
-            &routed[..rng.below(routed.len())],
-            &rng_bytes(&mut rng, n)[..],
-        ]
-        .concat();
+        let junk = [&routed[..rng.below(routed.len())], &rng.bytes(n)[..]].concat();
         ok(b.downstream_data(c, &junk, false));
         ok(b.downstream_close(c));
     }
     assert!(b.poisoned().is_none());
     assert!(counter(&b, DECODE_ERRORS, &[P, ("role", "back")]) > 0);
-}
-
-fn rng_bytes(rng: &mut Rng, n: usize) -> Vec<u8> {
-    (0..n).map(|_| rng.next() as u8).collect()
 }
 
 #[test]
