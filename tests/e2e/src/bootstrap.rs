@@ -97,7 +97,11 @@ impl Bridge<'_> {
         http_filters.extend(self.http_filters.iter().cloned());
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                // The back ignores x-envoy-* request headers: don't spend time writing them.
+                "suppress_envoy_headers": true
+            }
         }));
         let p = self.protocol;
         let mut listeners = vec![json!({
