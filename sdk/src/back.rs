@@ -41,7 +41,13 @@ pub struct Back<C: Codec> {
     /// Request ids of the last one-way calls whose probe was answered. Some servers answer a
     /// one-way call anyway, after the probe; such a late answer carries one of these ids.
     acknowledged_oneways: VecDeque<u64>,
+    /// Replies to heartbeats the server sent. The back can only write toward the server while
+    /// forwarding a request, so they go out in front of the next one.
+    heartbeat_replies: Vec<u8>,
 }
+
+/// Most bytes of queued heartbeat replies; an idle connection gets no more than this many.
+const MAX_QUEUED_HEARTBEAT_REPLIES: usize = 4096;
 
 /// How many acknowledged one-way ids are remembered for recognising late answers.
 const ONEWAY_MEMORY: usize = 32;
@@ -57,13 +63,14 @@ impl<C: Codec> Back<C> {
             response_partial: Vec::new(),
             awaiting: VecDeque::new(),
             acknowledged_oneways: VecDeque::new(),
+            heartbeat_replies: Vec::new(),
         }
     }
 
     /// Bytes from the router. Returns the protocol bytes to send to the server in their place.
     pub fn on_router_data(&mut self, data: &[u8], sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
         self.request_partial.extend_from_slice(data);
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.heartbeat_replies);
         let mut offset = 0;
         let result = loop {
             let max_body = self.config.limits.max_frame_bytes;
@@ -227,7 +234,13 @@ impl<C: Codec> Back<C> {
             let frame = offset..offset + message.len;
             offset += message.len;
             if message.kind == MessageKind::Heartbeat {
-                // A server-initiated keep-alive: the router has no use for it.
+                // A server-initiated keep-alive: the router has no use for it; the server gets
+                // its answer with the next request forwarded on this connection.
+                if let Some(reply) = self.codec.heartbeat_reply(&message) {
+                    if self.heartbeat_replies.len() + reply.len() <= MAX_QUEUED_HEARTBEAT_REPLIES {
+                        self.heartbeat_replies.extend_from_slice(&reply);
+                    }
+                }
                 sink.count(
                     &stats::name(
                         stats::HEARTBEATS,

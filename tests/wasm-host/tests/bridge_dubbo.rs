@@ -520,6 +520,47 @@ fn a_consumer_heartbeat_is_answered_locally_whatever_hcm_answers() {
 // ---------------------------------------------------------------------------------------------
 // Back: mutation.
 
+/// A provider's heartbeat never reaches the router; the back answers it (the codec's heartbeat
+/// response with the provider's id) in front of the next call it forwards on that connection.
+#[test]
+fn provider_heartbeats_are_answered_ahead_of_the_next_call() {
+    let java = frames(&vector("java-to-java.c2s.bin"));
+    let calls: Vec<Vec<u8>> = expected_requests("java", &java.concat())
+        .into_iter()
+        .map(|(http, _)| router_request(&parse_request(&http).unwrap(), &[]))
+        .collect();
+    let replies = frames(&vector("java-to-java.s2c.bin"));
+    let mut b = back();
+    let c = ok(b.new_connection());
+    send(&mut b, c, &calls[0]);
+    let first_call = tcp_proxy_take(&mut b, c);
+    assert_eq!(request_id(&first_call), request_id(&replies[0]));
+    let relayed = write(
+        &mut b,
+        c,
+        &[heartbeat_request(0x7001), replies[0].clone()].concat(),
+    );
+    assert!(relayed.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        relayed.ends_with(&replies[0]),
+        "only the call's answer is relayed"
+    );
+    send(&mut b, c, &calls[1]);
+    let out = tcp_proxy_take(&mut b, c);
+    let answer = heartbeat_response(0x7001);
+    assert_eq!(
+        &out[..answer.len()],
+        &answer[..],
+        "the heartbeat answer goes first"
+    );
+    assert_eq!(request_id(&out[answer.len()..]), request_id(&replies[1]));
+    assert_eq!(
+        counter(&b, "meltemi_heartbeats_total", &[P, ("role", "back")]),
+        1
+    );
+    assert!(!b.closed(c));
+}
+
 #[test]
 fn back_writes_a_mutation_into_the_request_attachments() {
     let caller = mutation_header_value("x-caller", "meltemi");

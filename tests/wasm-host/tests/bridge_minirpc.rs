@@ -731,7 +731,7 @@ fn back_acknowledges_one_way_calls_through_a_ping_probe() {
 }
 
 #[test]
-fn back_answers_only_once_the_server_frame_is_complete_and_drops_server_pings() {
+fn back_answers_only_once_the_server_frame_is_complete_and_keeps_server_pings_from_the_router() {
     let f = request(21, "echo", b"x");
     let routed = router_request(
         &parse_request(&demo_request(1, 21, "echo", &f)).unwrap(),
@@ -773,6 +773,43 @@ fn back_answers_only_once_the_server_frame_is_complete_and_drops_server_pings() 
         write(&mut h, c, &err),
         back_response("exception", 21, &[("error", "boom")], &err)
     );
+}
+
+/// The back cannot write toward the server on its own: a server's ping is answered in front of
+/// the next request forwarded on that connection, never relayed to the router.
+#[test]
+fn back_answers_server_pings_ahead_of_the_next_request() {
+    let first = request(31, "echo", b"1");
+    let second = request(32, "echo", b"2");
+    let routed = |f: &[u8], id: u64| {
+        router_request(
+            &parse_request(&demo_request(1, id, "echo", f)).unwrap(),
+            &[],
+        )
+    };
+    let mut h = back();
+    let c = ok(h.new_connection());
+    send(&mut h, c, &routed(&first, 31));
+    assert_eq!(tcp_proxy_take(&mut h, c), first);
+    let resp = frame(RESPONSE, 31, &[], b"r");
+    let pings = [frame(PING, 7, &[], b""), frame(PING, 8, &[], b"")].concat();
+    assert_eq!(
+        write(&mut h, c, &[pings, resp.clone()].concat()),
+        back_response("response", 31, &[], &resp),
+        "pings never reach the router"
+    );
+    send(&mut h, c, &routed(&second, 32));
+    assert_eq!(
+        tcp_proxy_take(&mut h, c),
+        [frame(PONG, 7, &[], b""), frame(PONG, 8, &[], b""), second].concat(),
+        "both pongs go out first, then the request"
+    );
+    // Answered once only.
+    let resp2 = frame(RESPONSE, 32, &[], b"r2");
+    write(&mut h, c, &resp2);
+    send(&mut h, c, &routed(&first, 31));
+    assert_eq!(tcp_proxy_take(&mut h, c), first);
+    assert!(!h.closed(c));
 }
 
 // ---------------------------------------------------------------------------------------------
