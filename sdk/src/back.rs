@@ -79,12 +79,10 @@ impl<C: Codec> Back<C> {
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     if matches!(e, http1::HttpError::TooLarge(_)) {
-                        sink.count(
-                            &stats::name(
-                                stats::REFUSED,
-                                &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
-                            ),
-                            1,
+                        stats::bump(
+                            sink,
+                            stats::REFUSED,
+                            &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
                         );
                     }
                     break Err(Fatal(format!("unreadable request from the router: {e}")));
@@ -122,12 +120,10 @@ impl<C: Codec> Back<C> {
             match self.frame_codec.decode(frame) {
                 Ok(Some(m)) if m.len == frame.len() => Some(m),
                 _ => {
-                    sink.count(
-                        &stats::name(
-                            stats::DECODE_ERRORS,
-                            &[("protocol", protocol), ("role", "back")],
-                        ),
-                        1,
+                    stats::bump(
+                        sink,
+                        stats::DECODE_ERRORS,
+                        &[("protocol", protocol), ("role", "back")],
                     );
                     return Err(Fatal(
                         "bridged request body is not exactly one frame".into(),
@@ -185,12 +181,10 @@ impl<C: Codec> Back<C> {
                 Ok(Some(m))
                     if m.len > self.config.limits.max_frame_bytes && m.len <= rest.len() =>
                 {
-                    sink.count(
-                        &stats::name(
-                            stats::REFUSED,
-                            &[("protocol", protocol), ("reason", "frame_too_large")],
-                        ),
-                        1,
+                    stats::bump(
+                        sink,
+                        stats::REFUSED,
+                        &[("protocol", protocol), ("reason", "frame_too_large")],
                     );
                     break Err(Fatal(
                         "server frame larger than limits.max_frame_bytes".into(),
@@ -205,12 +199,10 @@ impl<C: Codec> Back<C> {
                 }
                 Ok(None) => {
                     if rest.len() > self.config.limits.max_frame_bytes {
-                        sink.count(
-                            &stats::name(
-                                stats::REFUSED,
-                                &[("protocol", protocol), ("reason", "frame_too_large")],
-                            ),
-                            1,
+                        stats::bump(
+                            sink,
+                            stats::REFUSED,
+                            &[("protocol", protocol), ("reason", "frame_too_large")],
                         );
                         break Err(Fatal(
                             "server frame larger than limits.max_frame_bytes".into(),
@@ -219,12 +211,10 @@ impl<C: Codec> Back<C> {
                     break Ok(());
                 }
                 Err(e) => {
-                    sink.count(
-                        &stats::name(
-                            stats::DECODE_ERRORS,
-                            &[("protocol", protocol), ("role", "back")],
-                        ),
-                        1,
+                    stats::bump(
+                        sink,
+                        stats::DECODE_ERRORS,
+                        &[("protocol", protocol), ("role", "back")],
                     );
                     break Err(Fatal(format!(
                         "server sent a corrupt {protocol} stream: {e}"
@@ -241,12 +231,10 @@ impl<C: Codec> Back<C> {
                         self.heartbeat_replies.extend_from_slice(&reply);
                     }
                 }
-                sink.count(
-                    &stats::name(
-                        stats::HEARTBEATS,
-                        &[("protocol", protocol), ("role", "back")],
-                    ),
-                    1,
+                stats::bump(
+                    sink,
+                    stats::HEARTBEATS,
+                    &[("protocol", protocol), ("role", "back")],
                 );
                 continue;
             }
@@ -255,12 +243,10 @@ impl<C: Codec> Back<C> {
             }
             if self.is_stray(&message) {
                 // The server answered a one-way call itself; nobody is waiting for that.
-                sink.count(
-                    &stats::name(
-                        stats::UNEXPECTED,
-                        &[("protocol", protocol), ("role", "back")],
-                    ),
-                    1,
+                stats::bump(
+                    sink,
+                    stats::UNEXPECTED,
+                    &[("protocol", protocol), ("role", "back")],
                 );
                 continue;
             }

@@ -158,12 +158,10 @@ impl<C: Codec> Front<C> {
                     return Ok(());
                 }
                 Err(e) => {
-                    sink.count(
-                        &stats::name(
-                            stats::DECODE_ERRORS,
-                            &[("protocol", protocol), ("role", "front")],
-                        ),
-                        1,
+                    stats::bump(
+                        sink,
+                        stats::DECODE_ERRORS,
+                        &[("protocol", protocol), ("role", "front")],
                     );
                     return Err(Fatal(format!(
                         "client sent a corrupt {protocol} stream: {e}"
@@ -183,12 +181,10 @@ impl<C: Codec> Front<C> {
             *offset += message.len;
             if !message.kind.is_request() {
                 // A client answering a server-initiated message: nothing in the bridge expects it.
-                sink.count(
-                    &stats::name(
-                        stats::UNEXPECTED,
-                        &[("protocol", protocol), ("role", "front")],
-                    ),
-                    1,
+                stats::bump(
+                    sink,
+                    stats::UNEXPECTED,
+                    &[("protocol", protocol), ("role", "front")],
                 );
                 continue;
             }
@@ -258,7 +254,7 @@ impl<C: Codec> Front<C> {
                         ("service", service.as_str()),
                         ("method", method.as_str()),
                     ];
-                    sink.count(&stats::name(stats::REQUESTS, &labels), 1);
+                    stats::bump(sink, stats::REQUESTS, &labels);
                     sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", protocol)]), 1);
                 }
             }
@@ -278,12 +274,10 @@ impl<C: Codec> Front<C> {
     }
 
     fn refuse_frame(&self, sink: &mut dyn Sink) -> Fatal {
-        sink.count(
-            &stats::name(
-                stats::REFUSED,
-                &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
-            ),
-            1,
+        stats::bump(
+            sink,
+            stats::REFUSED,
+            &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
         );
         Fatal(format!(
             "frame larger than limits.max_frame_bytes ({})",
@@ -294,12 +288,10 @@ impl<C: Codec> Front<C> {
     /// Whether the bridge answers this request itself, and with what.
     fn local_answer(&self, message: &Message, sink: &mut dyn Sink) -> Option<LocalAnswer> {
         let refuse = |reason: &str, sink: &mut dyn Sink| {
-            sink.count(
-                &stats::name(
-                    stats::REFUSED,
-                    &[("protocol", C::PROTOCOL), ("reason", reason)],
-                ),
-                1,
+            stats::bump(
+                sink,
+                stats::REFUSED,
+                &[("protocol", C::PROTOCOL), ("reason", reason)],
             );
         };
         if self.in_flight.len() >= self.limits().max_pending_requests {
@@ -371,12 +363,10 @@ impl<C: Codec> Front<C> {
         let protocol = C::PROTOCOL;
         match request.local {
             Some(LocalAnswer::Heartbeat) => {
-                sink.count(
-                    &stats::name(
-                        stats::HEARTBEATS,
-                        &[("protocol", protocol), ("role", "front")],
-                    ),
-                    1,
+                stats::bump(
+                    sink,
+                    stats::HEARTBEATS,
+                    &[("protocol", protocol), ("role", "front")],
                 );
                 if let Some(reply) = self.codec.heartbeat_reply(&request.message) {
                     out.extend_from_slice(&reply);
@@ -445,20 +435,16 @@ impl<C: Codec> Front<C> {
                     Err(e) => {
                         out.truncate(start);
                         if e.kind() == CodecErrorKind::Unsupported {
-                            sink.count(
-                                &stats::name(
-                                    stats::MUTATION_UNSUPPORTED,
-                                    &[("protocol", protocol)],
-                                ),
-                                1,
+                            stats::bump(
+                                sink,
+                                stats::MUTATION_UNSUPPORTED,
+                                &[("protocol", protocol)],
                             );
                         } else {
-                            sink.count(
-                                &stats::name(
-                                    stats::DECODE_ERRORS,
-                                    &[("protocol", protocol), ("role", "front")],
-                                ),
-                                1,
+                            stats::bump(
+                                sink,
+                                stats::DECODE_ERRORS,
+                                &[("protocol", protocol), ("role", "front")],
                             );
                         }
                         out.extend_from_slice(&parsed.body);
@@ -467,12 +453,10 @@ impl<C: Codec> Front<C> {
                 Ok(())
             }
             _ => {
-                sink.count(
-                    &stats::name(
-                        stats::DECODE_ERRORS,
-                        &[("protocol", protocol), ("role", "front")],
-                    ),
-                    1,
+                stats::bump(
+                    sink,
+                    stats::DECODE_ERRORS,
+                    &[("protocol", protocol), ("role", "front")],
                 );
                 out.extend_from_slice(&parsed.body);
                 Ok(())
@@ -494,7 +478,7 @@ impl<C: Codec> Front<C> {
             ("method", request.method.as_str()),
             ("kind", kind.as_str()),
         ];
-        sink.count(&stats::name(stats::LOCAL_REPLIES, &labels), 1);
+        stats::bump(sink, stats::LOCAL_REPLIES, &labels);
         count_outcome(sink, &labels[..3], "local_reply");
         match self.codec.error_reply(&request.message, kind, detail) {
             Some(reply) => {
@@ -532,7 +516,7 @@ fn connection_token() -> u64 {
 fn count_outcome(sink: &mut dyn Sink, labels: &[(&str, &str)], outcome: &str) {
     let mut l = labels.to_vec();
     l.push(("outcome", outcome));
-    sink.count(&stats::name(stats::RESPONSES, &l), 1);
+    stats::bump(sink, stats::RESPONSES, &l);
 }
 
 /// A short reason for an Envoy local reply: its body when it is short text, else the status.

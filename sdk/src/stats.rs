@@ -50,6 +50,11 @@ pub trait Sink {
     fn record(&mut self, name: &str, value: u64);
 }
 
+/// Adds one to the counter `base` with `labels`.
+pub fn bump(sink: &mut dyn Sink, base: &str, labels: &[(&str, &str)]) {
+    sink.count(&name(base, labels), 1);
+}
+
 /// Builds a stat name with labels. Values are sanitised so they cannot break the encoding.
 pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
     let mut s = String::with_capacity(base.len() + 64);
