@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
 
 static REQUESTS: &[u8] =
     include_bytes!("../../../codecs/dubbo/tests/vectors/python-to-java.c2s.bin");
@@ -68,11 +67,7 @@ pub struct Client(TcpStream);
 impl Client {
     /// Connects to 127.0.0.1:`port`.
     pub fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Client(s)
+        Client(crate::load::connect(port))
     }
 
     /// Sends a frame and reads the answer.

@@ -30,6 +30,16 @@ impl Measurement {
     }
 }
 
+/// A blocking client socket to 127.0.0.1:`port`: no Nagle delay (request/answer traffic), and
+/// a 10 s read timeout so a lost answer fails the run instead of hanging it.
+pub fn connect(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
 /// CPU time (user + system) a process has used so far.
 pub fn process_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

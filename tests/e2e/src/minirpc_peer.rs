@@ -9,7 +9,6 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use meltemi_sdk::{Codec, Message, Metadata};
 use minirpc::{frame, kind, MiniRpc};
@@ -77,12 +76,9 @@ pub struct Client {
 impl Client {
     /// Connects to 127.0.0.1:`port`.
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        stream.set_nodelay(true).expect("nodelay");
-        Client { stream }
+        Client {
+            stream: crate::load::connect(port),
+        }
     }
 
     /// Sends raw bytes.

@@ -4,7 +4,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
 
 /// A framed, strict-binary CALL of `method(1: string msg)`.
 pub fn call_frame(method: &str, seqid: i32, msg: &[u8]) -> Vec<u8> {
@@ -91,11 +90,7 @@ pub struct Client(TcpStream);
 impl Client {
     /// Connects to 127.0.0.1:`port`.
     pub fn connect(port: u16) -> Client {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Client(s)
+        Client(crate::load::connect(port))
     }
 
     /// Sends a frame and reads the answer's body.
