@@ -123,11 +123,14 @@ fuzz_target!(|data: &[u8]| {
         max_pending_requests: 1 + usize::from((sel >> 1) & 3),
         max_metadata_entries: if sel & 8 != 0 { 2 } else { 64 },
         max_metadata_bytes: if sel & 16 != 0 { 24 } else { 16 << 10 },
+        ..Limits::default()
     };
     let config = Rc::new(FilterConfig {
         role: Role::Front,
         service: (sel & 32 != 0).then(|| "demo.svc".to_owned()),
         limits,
+        known_services: Vec::new(),
+        known_methods: Vec::new(),
         codec: MiniRpcConfig::default(),
     });
     let mut front = Front::<MiniRpc>::new(config);

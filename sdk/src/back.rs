@@ -12,17 +12,20 @@ use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
 use crate::config::FilterConfig;
 use crate::front::Fatal;
 use crate::stats::{self, Sink};
+use crate::vm::{HeldBytes, OverLimit, VmShared};
 use crate::{http1, Codec, CodecErrorKind, Message, MessageKind};
 
 /// What the server owes us next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Awaiting {
-    /// The response to a forwarded request with this request id (when the front sent it).
-    Response(Option<u64>),
+    /// The response to a forwarded request: its request id (when the front sent it) and its
+    /// method (when the frame names it; only a response that names a method is checked).
+    Response {
+        id: Option<u64>,
+        method: Option<String>,
+    },
     /// The server's answer to the delivery probe sent after a one-way call with this id.
     ProbeAnswer(u64),
-    /// A one-way call without a probe: nothing will come; Envoy's route timeout ends it.
-    Nothing,
 }
 
 /// Back-side state of one internal connection.
@@ -33,10 +36,11 @@ pub struct Back<C: Codec> {
     /// view of the stream is never interrupted (see [`Codec::decode`]).
     frame_codec: C,
     config: Rc<FilterConfig<C::Config>>,
+    shared: Rc<VmShared>,
     /// Router bytes not yet forming a complete HTTP request.
-    request_partial: Vec<u8>,
+    request_partial: HeldBytes,
     /// Server bytes not yet forming a complete frame.
-    response_partial: Vec<u8>,
+    response_partial: HeldBytes,
     awaiting: VecDeque<Awaiting>,
     /// Request ids of the last one-way calls whose probe was answered. Some servers answer a
     /// one-way call anyway, after the probe; such a late answer carries one of these ids.
@@ -44,6 +48,10 @@ pub struct Back<C: Codec> {
     /// Replies to heartbeats the server sent. The back can only write toward the server while
     /// forwarding a request, so they go out in front of the next one.
     heartbeat_replies: Vec<u8>,
+    /// A one-way call was forwarded to a server that cannot be probed: the glue closes this
+    /// connection once tcp_proxy has passed the call on (Envoy's router then sees the end of
+    /// the call; a reset before the next request was written is retried by the route).
+    close_after_forward: bool,
 }
 
 /// Most bytes of queued heartbeat replies; an idle connection gets no more than this many.
@@ -53,28 +61,74 @@ const MAX_QUEUED_HEARTBEAT_REPLIES: usize = 4096;
 const ONEWAY_MEMORY: usize = 32;
 
 impl<C: Codec> Back<C> {
-    /// State for a new internal connection.
+    /// State for a new internal connection, with no VM-wide limits (tests, tools).
     pub fn new(config: Rc<FilterConfig<C::Config>>) -> Self {
+        Self::with_shared(config, VmShared::unbounded())
+    }
+
+    /// State for a new internal connection sharing `shared` with the VM's other connections.
+    pub fn with_shared(config: Rc<FilterConfig<C::Config>>, shared: Rc<VmShared>) -> Self {
         Self {
             codec: C::new(&config.codec),
             frame_codec: C::new(&config.codec),
             config,
-            request_partial: Vec::new(),
-            response_partial: Vec::new(),
+            request_partial: HeldBytes::new(Rc::clone(&shared)),
+            response_partial: HeldBytes::new(Rc::clone(&shared)),
+            shared,
             awaiting: VecDeque::new(),
             acknowledged_oneways: VecDeque::new(),
             heartbeat_replies: Vec::new(),
+            close_after_forward: false,
         }
+    }
+
+    /// True once a one-way call was forwarded without a delivery probe: the connection must be
+    /// closed as soon as the call has reached tcp_proxy (see [`Codec::delivery_probe`]).
+    pub fn close_after_forward(&self) -> bool {
+        self.close_after_forward
+    }
+
+    /// Most bytes one buffer of this connection may hold: a whole frame plus an HTTP head.
+    fn buffer_limit(&self) -> usize {
+        self.config.limits.max_frame_bytes.saturating_add(1 << 16)
+    }
+
+    fn refuse_buffer(&self, over: OverLimit, sink: &mut dyn Sink) -> Fatal {
+        stats::bump(
+            sink,
+            stats::REFUSED,
+            &[
+                ("protocol", C::PROTOCOL),
+                ("reason", over.reason()),
+                ("role", "back"),
+            ],
+        );
+        Fatal(format!(
+            "back buffer over its limit ({}; VM budget {})",
+            over.reason(),
+            self.shared.budget.limit()
+        ))
     }
 
     /// Bytes from the router. Returns the protocol bytes to send to the server in their place.
     pub fn on_router_data(&mut self, data: &[u8], sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
-        self.request_partial.extend_from_slice(data);
+        let mut partial = std::mem::replace(
+            &mut self.request_partial,
+            HeldBytes::new(Rc::clone(&self.shared)),
+        );
+        let held = !partial.is_empty();
+        if held {
+            if let Err(over) = partial.try_extend(data, self.buffer_limit()) {
+                return Err(self.refuse_buffer(over, sink));
+            }
+        }
+        let src: &[u8] = if held { partial.as_slice() } else { data };
         let mut out = std::mem::take(&mut self.heartbeat_replies);
-        let mut offset = 0;
+        let mut offset = 0usize;
         let result = loop {
             let max_body = self.config.limits.max_frame_bytes;
-            let parsed = match http1::parse_request(&self.request_partial[offset..], max_body) {
+            let rest = src.get(offset..).unwrap_or(&[]);
+            let parsed = match http1::parse_request(rest, max_body) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
                 Err(e) => {
@@ -82,18 +136,29 @@ impl<C: Codec> Back<C> {
                         stats::bump(
                             sink,
                             stats::REFUSED,
-                            &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
+                            &[
+                                ("protocol", C::PROTOCOL),
+                                ("reason", "frame_too_large"),
+                                ("role", "back"),
+                            ],
                         );
                     }
                     break Err(Fatal(format!("unreadable request from the router: {e}")));
                 }
             };
-            offset += parsed.len;
+            offset = offset.saturating_add(parsed.len);
             if let Err(e) = self.forward(&parsed, &mut out, sink) {
                 break Err(e);
             }
         };
-        self.request_partial.drain(..offset);
+        if held {
+            partial.consume(offset);
+        } else if let Err(over) =
+            partial.try_extend(data.get(offset..).unwrap_or(&[]), self.buffer_limit())
+        {
+            return Err(self.refuse_buffer(over, sink));
+        }
+        self.request_partial = partial;
         result.map(|()| out)
     }
 
@@ -152,63 +217,82 @@ impl<C: Codec> Back<C> {
             }
             _ => out.extend_from_slice(frame),
         }
-        let awaiting = match (kind, &message) {
+        match (kind, &message) {
             (MessageKind::OneWay, Some(m)) => match self.frame_codec.delivery_probe(m) {
                 Some(probe) => {
                     out.extend_from_slice(&probe);
-                    Awaiting::ProbeAnswer(m.request_id)
+                    self.awaiting.push_back(Awaiting::ProbeAnswer(m.request_id));
                 }
-                None => Awaiting::Nothing,
+                None => self.close_after_forward = true,
             },
-            _ => Awaiting::Response(parsed.header(RID_HEADER).and_then(|v| v.parse().ok())),
-        };
-        self.awaiting.push_back(awaiting);
+            _ => self.awaiting.push_back(Awaiting::Response {
+                id: parsed.header(RID_HEADER).and_then(|v| v.parse().ok()),
+                method: parsed.header("method").map(str::to_owned),
+            }),
+        }
         Ok(())
     }
 
     /// Bytes from the server. Returns the HTTP bytes for the router in their place.
     pub fn on_server_data(&mut self, data: &[u8], sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
-        let protocol = C::PROTOCOL;
-        self.response_partial.extend_from_slice(data);
-        let mut out = Vec::new();
-        let mut offset = 0;
-        let result = loop {
-            let rest = &self.response_partial[offset..];
-            if rest.is_empty() {
-                break Ok(());
+        let mut partial = std::mem::replace(
+            &mut self.response_partial,
+            HeldBytes::new(Rc::clone(&self.shared)),
+        );
+        let held = !partial.is_empty();
+        if held {
+            if let Err(over) = partial.try_extend(data, self.buffer_limit()) {
+                return Err(self.refuse_buffer(over, sink));
             }
+        }
+        let src: &[u8] = if held { partial.as_slice() } else { data };
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        let result = self.relay_frames(src, &mut offset, &mut out, sink);
+        if held {
+            partial.consume(offset);
+        } else if result.is_ok() {
+            if let Err(over) =
+                partial.try_extend(data.get(offset..).unwrap_or(&[]), self.buffer_limit())
+            {
+                return Err(self.refuse_buffer(over, sink));
+            }
+        }
+        self.response_partial = partial;
+        result.map(|()| out)
+    }
+
+    /// Turns the whole server frames at the start of `src` into HTTP responses.
+    fn relay_frames(
+        &mut self,
+        src: &[u8],
+        offset: &mut usize,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        let protocol = C::PROTOCOL;
+        loop {
+            let rest = src.get(*offset..).unwrap_or(&[]);
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let max = self.config.limits.max_frame_bytes;
             let message = match self.codec.decode(rest) {
-                Ok(Some(m))
-                    if m.len > self.config.limits.max_frame_bytes && m.len <= rest.len() =>
-                {
-                    stats::bump(
-                        sink,
-                        stats::REFUSED,
-                        &[("protocol", protocol), ("reason", "frame_too_large")],
-                    );
-                    break Err(Fatal(
-                        "server frame larger than limits.max_frame_bytes".into(),
-                    ));
+                Ok(Some(m)) if m.len > max && m.len <= rest.len() => {
+                    return Err(self.refuse_server_frame(sink));
                 }
                 Ok(Some(m)) if m.len > 0 && m.len <= rest.len() => m,
                 Ok(Some(m)) => {
-                    break Err(Fatal(format!(
+                    return Err(Fatal(format!(
                         "{protocol} codec returned an impossible frame length {}",
                         m.len
                     )))
                 }
                 Ok(None) => {
-                    if rest.len() > self.config.limits.max_frame_bytes {
-                        stats::bump(
-                            sink,
-                            stats::REFUSED,
-                            &[("protocol", protocol), ("reason", "frame_too_large")],
-                        );
-                        break Err(Fatal(
-                            "server frame larger than limits.max_frame_bytes".into(),
-                        ));
+                    if rest.len() > max {
+                        return Err(self.refuse_server_frame(sink));
                     }
-                    break Ok(());
+                    return Ok(());
                 }
                 Err(e) => {
                     stats::bump(
@@ -216,18 +300,20 @@ impl<C: Codec> Back<C> {
                         stats::DECODE_ERRORS,
                         &[("protocol", protocol), ("role", "back")],
                     );
-                    break Err(Fatal(format!(
+                    return Err(Fatal(format!(
                         "server sent a corrupt {protocol} stream: {e}"
                     )));
                 }
             };
-            let frame = offset..offset + message.len;
-            offset += message.len;
+            let frame = rest.get(..message.len).unwrap_or(&[]);
+            *offset = offset.saturating_add(message.len);
             if message.kind == MessageKind::Heartbeat {
                 // A server-initiated keep-alive: the router has no use for it; the server gets
                 // its answer with the next request forwarded on this connection.
                 if let Some(reply) = self.codec.heartbeat_reply(&message) {
-                    if self.heartbeat_replies.len() + reply.len() <= MAX_QUEUED_HEARTBEAT_REPLIES {
+                    if self.heartbeat_replies.len().saturating_add(reply.len())
+                        <= MAX_QUEUED_HEARTBEAT_REPLIES
+                    {
                         self.heartbeat_replies.extend_from_slice(&reply);
                     }
                 }
@@ -238,10 +324,7 @@ impl<C: Codec> Back<C> {
                 );
                 continue;
             }
-            while self.awaiting.front() == Some(&Awaiting::Nothing) {
-                self.awaiting.pop_front();
-            }
-            if self.is_stray(&message) {
+            if self.is_late_oneway_answer(&message) {
                 // The server answered a one-way call itself; nobody is waiting for that.
                 stats::bump(
                     sink,
@@ -256,9 +339,9 @@ impl<C: Codec> Back<C> {
                         self.acknowledged_oneways.pop_front();
                     }
                     self.acknowledged_oneways.push_back(id);
-                    http1::write_response(&mut out, [(RESPONSE_HEADER, bridge::ONEWAY_ACK)], &[]);
+                    http1::write_response(out, [(RESPONSE_HEADER, bridge::ONEWAY_ACK)], &[]);
                 }
-                Some(Awaiting::Response(_)) => {
+                Some(Awaiting::Response { id, method }) if answers(&message, id, &method) => {
                     let rid = message.request_id.to_string();
                     let md = bridge::metadata_headers(&message.metadata);
                     let headers = [
@@ -267,36 +350,71 @@ impl<C: Codec> Back<C> {
                     ]
                     .into_iter()
                     .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
-                    http1::write_response(&mut out, headers, &self.response_partial[frame]);
+                    http1::write_response(out, headers, frame);
                 }
                 other => {
-                    break Err(Fatal(format!(
-                        "server sent {} {} while the bridge awaited {other:?}",
+                    // A duplicate, a late answer or another request's answer: relaying it
+                    // would hand it to whichever caller is waiting now. Nothing on this
+                    // connection can be trusted any more; closing it fails only the request
+                    // in progress, which Envoy sees as a reset.
+                    stats::bump(
+                        sink,
+                        stats::STRAY_ANSWERS,
+                        &[("protocol", protocol), ("role", "back")],
+                    );
+                    return Err(Fatal(format!(
+                        "server sent {} {} while the bridge awaited {}",
                         message.kind.as_str(),
-                        message.request_id
+                        message.request_id,
+                        match other {
+                            None => "nothing".to_owned(),
+                            Some(a) => format!("{a:?}"),
+                        }
                     )));
                 }
             }
-        };
-        self.response_partial.drain(..offset);
-        result.map(|()| out)
+        }
+    }
+
+    fn refuse_server_frame(&self, sink: &mut dyn Sink) -> Fatal {
+        stats::bump(
+            sink,
+            stats::REFUSED,
+            &[
+                ("protocol", C::PROTOCOL),
+                ("reason", "frame_too_large"),
+                ("role", "back"),
+            ],
+        );
+        Fatal("server frame larger than limits.max_frame_bytes".into())
     }
 
     /// A server's own answer to a one-way call: it carries the call's id and is neither the
     /// probe's answer (before the probe is answered) nor the awaited response (after).
-    /// A late answer whose id equals the awaited request's id cannot be told apart and is
-    /// taken as the response; ids differ on a connection unless the client reuses them.
-    fn is_stray(&self, message: &Message) -> bool {
+    fn is_late_oneway_answer(&self, message: &Message) -> bool {
         let id = message.request_id;
         match self.awaiting.front() {
             Some(Awaiting::ProbeAnswer(probe)) if *probe == id => {
                 !self.codec.is_probe_answer(message)
             }
             Some(Awaiting::ProbeAnswer(_)) | None => self.acknowledged_oneways.contains(&id),
-            Some(Awaiting::Response(Some(awaited))) => {
-                *awaited != id && self.acknowledged_oneways.contains(&id)
-            }
-            Some(Awaiting::Response(None)) | Some(Awaiting::Nothing) => false,
+            Some(Awaiting::Response {
+                id: Some(awaited), ..
+            }) => *awaited != id && self.acknowledged_oneways.contains(&id),
+            Some(Awaiting::Response { id: None, .. }) => false,
         }
+    }
+}
+
+/// Whether `message` can be the answer to the awaited request: same request id (when the
+/// front sent one) and, when both name a method, the same method. Clients that give every call
+/// the same id (Apache Thrift's Python client uses 0) are still checked by method.
+fn answers(message: &Message, id: Option<u64>, method: &Option<String>) -> bool {
+    if id.is_some_and(|id| id != message.request_id) {
+        return false;
+    }
+    match (method, message.metadata.get("method")) {
+        (Some(asked), Some(answered)) => asked == answered,
+        _ => true,
     }
 }

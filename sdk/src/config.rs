@@ -19,19 +19,36 @@ pub enum Role {
     Back,
 }
 
-/// Per-connection limits. Every refusal is counted in `meltemi_refused_total{reason}`.
+/// Limits. Every refusal is counted in `meltemi_refused_total{reason}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest frame accepted; a bigger one closes the connection (reason `frame_too_large`).
     pub max_frame_bytes: usize,
-    /// Requests awaiting an answer on one client connection; more are refused with an
-    /// over-limit error reply (reason `too_many_pending`).
+    /// Requests handed to the HTTP connection manager and not answered yet, per client
+    /// connection. Past it the front stops reading that client (back-pressure): later requests
+    /// wait in order, none is refused.
     pub max_pending_requests: usize,
-    /// Metadata entries per message; more are refused with a bad-request error reply.
+    /// Metadata entries per message; more are refused with a bad-request error reply (a
+    /// one-way call is dropped instead: it must never be answered).
     pub max_metadata_entries: usize,
     /// Total key+value bytes of a message's metadata; more are refused likewise.
     pub max_metadata_bytes: usize,
+    /// Client bytes one connection may hold in the VM (a partial frame plus requests waiting
+    /// behind `max_pending_requests`); past it the connection is closed (reason
+    /// `connection_buffer_limit`). Default: twice `max_frame_bytes`.
+    pub max_connection_buffer_bytes: Option<usize>,
+    /// Bytes all connections of one VM (one Envoy worker) may hold between callbacks; a
+    /// connection whose buffer would pass it is closed alone (reason `vm_buffer_budget`).
+    /// Far below the VM's own limit (about 1 GiB), so that the VM never runs out of memory.
+    /// When several filters share a VM, the smallest value wins.
+    pub vm_buffer_budget_bytes: usize,
+    /// Distinct `service` label values with metrics of their own, beyond those named in
+    /// `known_services`; later ones are counted as `other` (and in
+    /// `meltemi_label_overflow_total{label="service"}`).
+    pub max_service_labels: usize,
+    /// The same for `method` label values.
+    pub max_method_labels: usize,
 }
 
 impl Default for Limits {
@@ -41,7 +58,19 @@ impl Default for Limits {
             max_pending_requests: 1024,
             max_metadata_entries: 64,
             max_metadata_bytes: 16 << 10,
+            max_connection_buffer_bytes: None,
+            vm_buffer_budget_bytes: 256 << 20,
+            max_service_labels: 256,
+            max_method_labels: 1024,
         }
+    }
+}
+
+impl Limits {
+    /// [`Limits::max_connection_buffer_bytes`] with its default applied.
+    pub fn connection_buffer_bytes(&self) -> usize {
+        self.max_connection_buffer_bytes
+            .unwrap_or_else(|| self.max_frame_bytes.saturating_mul(2))
     }
 }
 
@@ -55,9 +84,16 @@ pub struct FilterConfig<C> {
     /// message's `service` metadata names it (e.g. Dubbo interface-level governance).
     #[serde(default)]
     pub service: Option<String>,
-    /// Connection limits.
+    /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Services and methods whose label values always get metrics of their own (the ones
+    /// routes name); the controller fills these in.
+    #[serde(default)]
+    pub known_services: Vec<String>,
+    /// See [`FilterConfig::known_services`].
+    #[serde(default)]
+    pub known_methods: Vec<String>,
     /// The codec's own configuration.
     #[serde(default)]
     pub codec: C,
@@ -80,8 +116,25 @@ impl<C: serde::de::DeserializeOwned + Default> FilterConfig<C> {
                 )
             }
         })?;
-        if config.limits.max_frame_bytes == 0 || config.limits.max_pending_requests == 0 {
-            return Err("meltemi filter configuration: limits.max_frame_bytes and limits.max_pending_requests must be positive".into());
+        let l = &config.limits;
+        for (name, value) in [
+            ("max_frame_bytes", l.max_frame_bytes),
+            ("max_pending_requests", l.max_pending_requests),
+            ("vm_buffer_budget_bytes", l.vm_buffer_budget_bytes),
+            ("max_connection_buffer_bytes", l.connection_buffer_bytes()),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "meltemi filter configuration: field `limits.{name}`: must be positive"
+                ));
+            }
+        }
+        if l.connection_buffer_bytes() < l.max_frame_bytes {
+            return Err(format!(
+                "meltemi filter configuration: field `limits.max_connection_buffer_bytes`: {} is below limits.max_frame_bytes ({}): no frame of the maximum size could arrive",
+                l.connection_buffer_bytes(),
+                l.max_frame_bytes
+            ));
         }
         if let Some(service) = &config.service {
             if !crate::http1::is_header_value(service) || service.is_empty() {

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
 use crate::config::{FilterConfig, Limits};
 use crate::stats::{self, Sink};
+use crate::vm::{HeldBytes, OverLimit, VmShared};
 use crate::{http1, Codec, CodecErrorKind, ErrorKind, Message, MessageKind};
 
 /// Why a connection must be closed. The glue closes it and logs the reason.
@@ -35,17 +36,29 @@ struct InFlight {
     seq: u64,
     message: Message,
     local: Option<LocalAnswer>,
+    /// The request's service and method, for error details.
     service: String,
     method: String,
+    /// The same as metric label values (bounded, see [`crate::vm::LabelLimiter`]).
+    service_label: String,
+    method_label: String,
     started_ns: u64,
 }
 
-/// An HTTP request written into the read buffer: its sequence number and length.
+/// An HTTP request written into the read buffer: its sequence number, its length, and how many
+/// leading bytes identify it (request line and sequence header).
 #[derive(Debug, Clone, Copy)]
 struct Handed {
     seq: u64,
     len: usize,
+    id_len: usize,
 }
+
+/// Most bytes of requests handed to HCM ahead of what it consumed (at least one request is
+/// always handed). HCM parses one HTTP/1.1 request at a time and shows the rest to the front
+/// again on every read, so a small bound keeps the cost of each read small (a deep pipeline
+/// costs linear CPU) and leaves the rest of the pipeline in the backlog, in order.
+const HAND_AHEAD_BYTES: usize = 256 << 10;
 
 /// Front-side state of one client connection.
 pub struct Front<C: Codec> {
@@ -55,29 +68,41 @@ pub struct Front<C: Codec> {
     /// the stream is never interrupted (see [`Codec::decode`]).
     frame_codec: C,
     config: Rc<FilterConfig<C::Config>>,
-    /// Client bytes not yet forming a complete frame.
-    partial: Vec<u8>,
+    shared: Rc<VmShared>,
+    /// Client bytes not transcoded yet: a partial frame, and whole requests waiting behind
+    /// `max_pending_requests` (back-pressure).
+    backlog: HeldBytes,
+    /// Whether the backlog stopped at a limit rather than at a partial frame: more requests
+    /// can be handed as soon as HCM answers (see [`Front::wants_kick`]).
+    stopped_at_limit: bool,
     /// Requests written into Envoy's read buffer that HCM may not have consumed yet.
     handed: VecDeque<Handed>,
     in_flight: VecDeque<InFlight>,
     /// HCM bytes not yet forming a complete HTTP response.
-    response_partial: Vec<u8>,
+    response_partial: HeldBytes,
     next_seq: u64,
     /// Secret of this connection in every request's sequence header (see [`http1::write_request`]).
     token: u64,
 }
 
 impl<C: Codec> Front<C> {
-    /// State for a new client connection.
+    /// State for a new client connection, with no VM-wide limits (tests, tools).
     pub fn new(config: Rc<FilterConfig<C::Config>>) -> Self {
+        Self::with_shared(config, VmShared::unbounded())
+    }
+
+    /// State for a new client connection sharing `shared` with the VM's other connections.
+    pub fn with_shared(config: Rc<FilterConfig<C::Config>>, shared: Rc<VmShared>) -> Self {
         Self {
             codec: C::new(&config.codec),
             frame_codec: C::new(&config.codec),
             config,
-            partial: Vec::new(),
+            backlog: HeldBytes::new(Rc::clone(&shared)),
+            response_partial: HeldBytes::new(Rc::clone(&shared)),
+            shared,
+            stopped_at_limit: false,
             handed: VecDeque::new(),
             in_flight: VecDeque::new(),
-            response_partial: Vec::new(),
             next_seq: 1,
             token: connection_token(),
         }
@@ -92,39 +117,55 @@ impl<C: Codec> Front<C> {
         self.in_flight.len()
     }
 
-    /// Envoy's whole read buffer for this connection. Returns its new content, or `None` to
-    /// leave it unchanged. Complete frames become HTTP requests; partial ones stay here.
-    pub fn on_client_data(
-        &mut self,
-        buffer: &[u8],
-        now_ns: u64,
-        sink: &mut dyn Sink,
-    ) -> Result<Option<Vec<u8>>, Fatal> {
-        let kept = self.unconsumed_prefix(buffer)?;
-        if kept == buffer.len() {
-            return Ok(None);
-        }
-        self.partial.extend_from_slice(&buffer[kept..]);
-        let mut out = Vec::with_capacity(kept + self.partial.len() + 256);
-        out.extend_from_slice(&buffer[..kept]);
-        let mut offset = 0;
-        let result = self.decode_requests(&mut offset, &mut out, now_ns, sink);
-        self.partial.drain(..offset);
-        result.map(|()| Some(out))
+    /// Client bytes held in the VM for this connection.
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
     }
 
-    /// Length of the prefix of `buffer` that is our own HTTP, written earlier and not consumed.
-    fn unconsumed_prefix(&mut self, buffer: &[u8]) -> Result<usize, Fatal> {
+    /// True while whole requests wait in the backlog behind a limit: the glue must keep Envoy's
+    /// read buffer reachable (Pause, then continue the chain itself) so that it can hand them
+    /// later from a timer.
+    pub fn has_waiting(&self) -> bool {
+        self.stopped_at_limit && !self.backlog.is_empty()
+    }
+
+    /// True when requests wait and the limit that held them back has room again: the glue
+    /// should run [`Front::on_client_bytes`] (with no new bytes) soon, from its timer, because
+    /// HCM may have answered everything it had without any further read event.
+    pub fn wants_kick(&self) -> bool {
+        self.has_waiting() && self.has_room()
+    }
+
+    fn has_room(&self) -> bool {
+        self.in_flight.len() < self.limits().max_pending_requests
+            && (self.handed.is_empty() || self.handed_bytes() < HAND_AHEAD_BYTES)
+    }
+
+    fn handed_bytes(&self) -> usize {
+        self.handed
+            .iter()
+            .fold(0usize, |n, h| n.saturating_add(h.len))
+    }
+
+    /// How many leading bytes of Envoy's read buffer [`Front::kept`] needs to see.
+    pub fn peek_len(&self) -> usize {
+        self.handed.iter().map(|h| h.id_len).max().unwrap_or(0)
+    }
+
+    /// Of a read buffer of `size` bytes that starts with `head` (at least [`Front::peek_len`]
+    /// bytes of it, or all), the length of the prefix that is our own HTTP, written earlier and
+    /// not consumed by HCM yet. Everything after it is new client bytes.
+    pub fn kept(&mut self, head: &[u8], size: usize) -> Result<usize, Fatal> {
         if self.handed.is_empty() {
             return Ok(0);
         }
-        match http1::leading_seq(buffer, self.token) {
+        match http1::leading_seq(head, self.token) {
             Some(seq) if self.handed.iter().any(|h| h.seq == seq) => {
                 while self.handed.front().is_some_and(|h| h.seq != seq) {
                     self.handed.pop_front();
                 }
-                let kept: usize = self.handed.iter().map(|h| h.len).sum();
-                if kept > buffer.len() {
+                let kept = self.handed_bytes();
+                if kept > size {
                     return Err(Fatal("read buffer lost part of a bridged request".into()));
                 }
                 Ok(kept)
@@ -136,18 +177,105 @@ impl<C: Codec> Front<C> {
         }
     }
 
+    /// Envoy's whole read buffer for this connection. Returns its new content, or `None` to
+    /// leave it unchanged. Complete frames become HTTP requests; partial ones stay here.
+    /// (The wasm glue reads only the bytes it needs instead, through [`Front::kept`] and
+    /// [`Front::on_client_bytes`].)
+    pub fn on_client_data(
+        &mut self,
+        buffer: &[u8],
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) -> Result<Option<Vec<u8>>, Fatal> {
+        let kept = self.kept(buffer, buffer.len())?;
+        let (prefix, raw) = buffer.split_at(kept);
+        let http = self.on_client_bytes(raw, now_ns, sink)?;
+        if raw.is_empty() && http.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(kept.saturating_add(http.len()));
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&http);
+        Ok(Some(out))
+    }
+
+    /// New client bytes (`raw`, possibly empty: a timer asking for requests held back to be
+    /// handed). Returns the HTTP requests to place after the kept prefix of the read buffer,
+    /// which from then on holds no client bytes.
+    pub fn on_client_bytes(
+        &mut self,
+        raw: &[u8],
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) -> Result<Vec<u8>, Fatal> {
+        let mut out = Vec::new();
+        if self.backlog.is_empty() {
+            // The common case: decode straight from Envoy's bytes, keep only what is left.
+            let used = self.decode_requests(raw, &mut out, now_ns, sink)?;
+            let rest = raw.get(used..).unwrap_or(&[]);
+            self.hold(rest, sink)?;
+        } else {
+            self.hold(raw, sink)?;
+            let backlog =
+                std::mem::replace(&mut self.backlog, HeldBytes::new(Rc::clone(&self.shared)));
+            let result = self.decode_requests(backlog.as_slice(), &mut out, now_ns, sink);
+            self.backlog = backlog;
+            self.backlog.consume(result?);
+        }
+        Ok(out)
+    }
+
+    /// Keeps `bytes` in the backlog, or refuses the connection when it would pass a limit.
+    fn hold(&mut self, bytes: &[u8], sink: &mut dyn Sink) -> Result<(), Fatal> {
+        let limit = self.limits().connection_buffer_bytes();
+        self.backlog
+            .try_extend(bytes, limit)
+            .map_err(|over| self.refuse_buffer(over, sink))
+    }
+
+    fn refuse_buffer(&self, over: OverLimit, sink: &mut dyn Sink) -> Fatal {
+        stats::bump(
+            sink,
+            stats::REFUSED,
+            &[
+                ("protocol", C::PROTOCOL),
+                ("reason", over.reason()),
+                ("role", "front"),
+            ],
+        );
+        match over {
+            OverLimit::Connection => Fatal(format!(
+                "client holds more than limits.max_connection_buffer_bytes ({}) of unanswered requests",
+                self.limits().connection_buffer_bytes()
+            )),
+            OverLimit::Vm => Fatal(format!(
+                "the VM's buffered bytes would pass limits.vm_buffer_budget_bytes ({})",
+                self.shared.budget.limit()
+            )),
+        }
+    }
+
+    /// Transcodes the frames at the start of `src` while the limits allow; returns how many
+    /// bytes of `src` they used.
     fn decode_requests(
         &mut self,
-        offset: &mut usize,
+        src: &[u8],
         out: &mut Vec<u8>,
         now_ns: u64,
         sink: &mut dyn Sink,
-    ) -> Result<(), Fatal> {
+    ) -> Result<usize, Fatal> {
         let protocol = C::PROTOCOL;
+        let mut offset = 0usize;
+        self.stopped_at_limit = false;
         loop {
-            let rest = &self.partial[*offset..];
+            let rest = src.get(offset..).unwrap_or(&[]);
             if rest.is_empty() {
-                return Ok(());
+                return Ok(offset);
+            }
+            if !self.has_room() {
+                // Back-pressure: the rest waits here, in order, until HCM answers.
+                self.stopped_at_limit = true;
+                return Ok(offset);
             }
             let message = match self.codec.decode(rest) {
                 Ok(Some(m)) => m,
@@ -155,7 +283,7 @@ impl<C: Codec> Front<C> {
                     if rest.len() > self.limits().max_frame_bytes {
                         return Err(self.refuse_frame(sink));
                     }
-                    return Ok(());
+                    return Ok(offset);
                 }
                 Err(e) => {
                     stats::bump(
@@ -177,8 +305,8 @@ impl<C: Codec> Front<C> {
             if message.len > self.limits().max_frame_bytes {
                 return Err(self.refuse_frame(sink));
             }
-            let frame_range = *offset..*offset + message.len;
-            *offset += message.len;
+            let frame = rest.get(..message.len).unwrap_or(&[]);
+            offset = offset.saturating_add(message.len);
             if !message.kind.is_request() {
                 // A client answering a server-initiated message: nothing in the bridge expects it.
                 stats::bump(
@@ -188,96 +316,141 @@ impl<C: Codec> Front<C> {
                 );
                 continue;
             }
-            let local = self.local_answer(&message, sink);
-            let service = match &self.config.service {
-                Some(s) => s.clone(),
-                None => message
-                    .metadata
-                    .get("service")
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            };
-            let method = message
-                .metadata
-                .get("method")
-                .unwrap_or("unknown")
-                .to_owned();
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let start = out.len();
-            match local {
-                Some(answer) => {
-                    let kind = match answer {
-                        LocalAnswer::Heartbeat => "heartbeat",
-                        LocalAnswer::Error(_) => "refused",
-                    };
-                    http1::write_request(
-                        out,
-                        self.token,
-                        seq,
-                        bridge::LOCAL_AUTHORITY,
-                        bridge::LOCAL_PATH,
-                        [(KIND_HEADER, kind)],
-                        &[],
-                    );
-                }
-                None => {
-                    let mut path = String::with_capacity(service.len() + method.len() + 2);
-                    path.push('/');
-                    http1::encode_path_segment(&mut path, &service);
-                    path.push('/');
-                    http1::encode_path_segment(&mut path, &method);
-                    let rid = message.request_id.to_string();
-                    let md = bridge::metadata_headers(&message.metadata);
-                    let headers = [
-                        (KIND_HEADER, message.kind.as_str()),
-                        (RID_HEADER, rid.as_str()),
-                    ]
-                    .into_iter()
-                    .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
-                    let authority = if http1::is_header_value(&service) {
-                        service.as_str()
-                    } else {
-                        "unknown"
-                    };
-                    http1::write_request(
-                        out,
-                        self.token,
-                        seq,
-                        authority,
-                        &path,
-                        headers,
-                        &self.partial[frame_range],
-                    );
-                    let labels = [
-                        ("protocol", protocol),
-                        ("service", service.as_str()),
-                        ("method", method.as_str()),
-                    ];
-                    stats::bump(sink, stats::REQUESTS, &labels);
-                    sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", protocol)]), 1);
-                }
-            }
-            self.handed.push_back(Handed {
-                seq,
-                len: out.len() - start,
-            });
-            self.in_flight.push_back(InFlight {
-                seq,
-                message,
-                local,
-                service,
-                method,
-                started_ns: now_ns,
-            });
+            self.hand(message, frame, out, now_ns, sink);
         }
+    }
+
+    /// Writes one request for HCM into `out` and remembers it.
+    fn hand(
+        &mut self,
+        message: Message,
+        frame: &[u8],
+        out: &mut Vec<u8>,
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) {
+        let protocol = C::PROTOCOL;
+        let service = match &self.config.service {
+            Some(s) => s.clone(),
+            None => message
+                .metadata
+                .get("service")
+                .unwrap_or("unknown")
+                .to_owned(),
+        };
+        let method = message
+            .metadata
+            .get("method")
+            .unwrap_or("unknown")
+            .to_owned();
+        let service_label = self.label(&service, "service", sink);
+        let method_label = self.label(&method, "method", sink);
+        let labels = [
+            ("protocol", protocol),
+            ("service", service_label.as_str()),
+            ("method", method_label.as_str()),
+        ];
+        let local = self.local_answer(&message, sink);
+        if local != Some(LocalAnswer::Heartbeat) {
+            // Refused requests too: every request counted has one response outcome.
+            stats::bump(sink, stats::REQUESTS, &labels);
+        }
+        if local.is_some() && message.kind == MessageKind::OneWay {
+            // A refused one-way call: answering it would desynchronise the client, which
+            // expects nothing. Dropped, and counted as such.
+            count_outcome(sink, &labels, "dropped");
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let start = out.len();
+        match local {
+            Some(answer) => {
+                let kind = match answer {
+                    LocalAnswer::Heartbeat => "heartbeat",
+                    LocalAnswer::Error(_) => "refused",
+                };
+                http1::write_request(
+                    out,
+                    self.token,
+                    seq,
+                    bridge::LOCAL_AUTHORITY,
+                    bridge::LOCAL_PATH,
+                    [(KIND_HEADER, kind)],
+                    &[],
+                );
+            }
+            None => {
+                let mut path = String::with_capacity(service.len() + method.len() + 2);
+                path.push('/');
+                http1::encode_path_segment(&mut path, &service);
+                path.push('/');
+                http1::encode_path_segment(&mut path, &method);
+                let mut authority = String::with_capacity(service.len());
+                http1::encode_authority(&mut authority, &service);
+                let rid = message.request_id.to_string();
+                let md = bridge::metadata_headers(&message.metadata);
+                let headers = [
+                    (KIND_HEADER, message.kind.as_str()),
+                    (RID_HEADER, rid.as_str()),
+                ]
+                .into_iter()
+                .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
+                http1::write_request(out, self.token, seq, &authority, &path, headers, frame);
+                sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", protocol)]), 1);
+            }
+        }
+        let written = out.get(start..).unwrap_or(&[]);
+        let id_len = written
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == b"\r\n")
+            .nth(1)
+            .map_or(written.len(), |(i, _)| i.saturating_add(2));
+        self.handed.push_back(Handed {
+            seq,
+            len: written.len(),
+            id_len,
+        });
+        self.in_flight.push_back(InFlight {
+            seq,
+            message,
+            local,
+            service,
+            method,
+            service_label,
+            method_label,
+            started_ns: now_ns,
+        });
+    }
+
+    /// The label value for `value` of label `label` (`other` past the limit, counted).
+    fn label(&self, value: &str, label: &str, sink: &mut dyn Sink) -> String {
+        let limiter = if label == "service" {
+            &self.shared.services
+        } else {
+            &self.shared.methods
+        };
+        let (admitted, overflow) = limiter.admit(value);
+        if overflow {
+            stats::bump(
+                sink,
+                stats::LABEL_OVERFLOW,
+                &[("protocol", C::PROTOCOL), ("label", label)],
+            );
+        }
+        admitted.to_owned()
     }
 
     fn refuse_frame(&self, sink: &mut dyn Sink) -> Fatal {
         stats::bump(
             sink,
             stats::REFUSED,
-            &[("protocol", C::PROTOCOL), ("reason", "frame_too_large")],
+            &[
+                ("protocol", C::PROTOCOL),
+                ("reason", "frame_too_large"),
+                ("role", "front"),
+            ],
         );
         Fatal(format!(
             "frame larger than limits.max_frame_bytes ({})",
@@ -287,21 +460,18 @@ impl<C: Codec> Front<C> {
 
     /// Whether the bridge answers this request itself, and with what.
     fn local_answer(&self, message: &Message, sink: &mut dyn Sink) -> Option<LocalAnswer> {
-        let refuse = |reason: &str, sink: &mut dyn Sink| {
-            stats::bump(
-                sink,
-                stats::REFUSED,
-                &[("protocol", C::PROTOCOL), ("reason", reason)],
-            );
-        };
-        if self.in_flight.len() >= self.limits().max_pending_requests {
-            refuse("too_many_pending", sink);
-            return Some(LocalAnswer::Error(ErrorKind::OverLimit));
-        }
         if message.metadata.len() > self.limits().max_metadata_entries
             || message.metadata.byte_len() > self.limits().max_metadata_bytes
         {
-            refuse("metadata_limit", sink);
+            stats::bump(
+                sink,
+                stats::REFUSED,
+                &[
+                    ("protocol", C::PROTOCOL),
+                    ("reason", "metadata_limit"),
+                    ("role", "front"),
+                ],
+            );
             return Some(LocalAnswer::Error(ErrorKind::BadRequest));
         }
         if message.kind == MessageKind::Heartbeat {
@@ -317,12 +487,25 @@ impl<C: Codec> Front<C> {
         now_ns: u64,
         sink: &mut dyn Sink,
     ) -> Result<Vec<u8>, Fatal> {
-        self.response_partial.extend_from_slice(data);
-        let mut out = Vec::new();
-        let mut offset = 0;
         let max_body = self.limits().max_frame_bytes.saturating_add(1 << 16);
+        let limit = self.limits().connection_buffer_bytes();
+        let mut out = Vec::new();
+        let mut partial = std::mem::replace(
+            &mut self.response_partial,
+            HeldBytes::new(Rc::clone(&self.shared)),
+        );
+        let (src, held): (&[u8], bool) = if partial.is_empty() {
+            (data, false)
+        } else {
+            if let Err(over) = partial.try_extend(data, limit) {
+                return Err(self.refuse_buffer(over, sink));
+            }
+            (partial.as_slice(), true)
+        };
+        let mut offset = 0usize;
         let result = loop {
-            let parsed = match http1::parse_response(&self.response_partial[offset..], max_body) {
+            let rest = src.get(offset..).unwrap_or(&[]);
+            let parsed = match http1::parse_response(rest, max_body) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
                 Err(e) => {
@@ -331,7 +514,7 @@ impl<C: Codec> Front<C> {
                     )))
                 }
             };
-            offset += parsed.len;
+            offset = offset.saturating_add(parsed.len);
             if parsed.status < 200 {
                 continue;
             }
@@ -348,7 +531,13 @@ impl<C: Codec> Front<C> {
                 break Err(e);
             }
         };
-        self.response_partial.drain(..offset);
+        if held {
+            partial.consume(offset);
+        } else if let Err(over) = partial.try_extend(data.get(offset..).unwrap_or(&[]), limit) {
+            self.response_partial = partial;
+            return Err(self.refuse_buffer(over, sink));
+        }
+        self.response_partial = partial;
         result.map(|()| out)
     }
 
@@ -374,10 +563,7 @@ impl<C: Codec> Front<C> {
                 return Ok(());
             }
             Some(LocalAnswer::Error(kind)) => {
-                let detail = match kind {
-                    ErrorKind::OverLimit => "too many pending requests on this connection",
-                    _ => "request metadata over the configured limit",
-                };
+                let detail = "request metadata over the configured limit";
                 self.local_reply(&request, kind, detail, out, sink)?;
                 return Ok(());
             }
@@ -385,13 +571,13 @@ impl<C: Codec> Front<C> {
         }
         let labels = [
             ("protocol", protocol),
-            ("service", request.service.as_str()),
-            ("method", request.method.as_str()),
+            ("service", request.service_label.as_str()),
+            ("method", request.method_label.as_str()),
         ];
         sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", protocol)]), -1);
         sink.record(
             &stats::name(stats::DURATION, &labels),
-            now_ns.saturating_sub(request.started_ns) / 1_000_000,
+            now_ns.saturating_sub(request.started_ns) / 1_000,
         );
         let marker = parsed.header(RESPONSE_HEADER);
         if request.message.kind == MessageKind::OneWay {
@@ -474,8 +660,8 @@ impl<C: Codec> Front<C> {
     ) -> Result<(), Fatal> {
         let labels = [
             ("protocol", C::PROTOCOL),
-            ("service", request.service.as_str()),
-            ("method", request.method.as_str()),
+            ("service", request.service_label.as_str()),
+            ("method", request.method_label.as_str()),
             ("kind", kind.as_str()),
         ];
         stats::bump(sink, stats::LOCAL_REPLIES, &labels);
@@ -503,6 +689,10 @@ impl<C: Codec> Front<C> {
             );
         }
         self.in_flight.clear();
+        self.handed.clear();
+        self.backlog.clear();
+        self.response_partial.clear();
+        self.stopped_at_limit = false;
     }
 }
 

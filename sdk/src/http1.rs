@@ -144,7 +144,7 @@ fn finish(
         None => 0,
     };
     if body_len > max_body {
-        return Err(HttpError::Malformed(format!(
+        return Err(HttpError::TooLarge(format!(
             "body of {body_len} bytes exceeds the {max_body} byte limit"
         )));
     }
@@ -175,7 +175,7 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
         let size =
             usize::try_from(size).map_err(|_| HttpError::Malformed("chunk too large".into()))?;
         if body.len().saturating_add(size) > max_body {
-            return Err(HttpError::Malformed(format!(
+            return Err(HttpError::TooLarge(format!(
                 "chunked body exceeds the {max_body} byte limit"
             )));
         }
@@ -295,6 +295,24 @@ pub fn encode_path_segment(out: &mut String, segment: &str) {
     }
 }
 
+/// The HTTP authority for a service name: the name itself when it is a valid host (letters,
+/// digits, `-._~`), else percent-encoded, so that no client-chosen name can make Envoy refuse
+/// the request (a 400 would close the connection and every call pipelined on it). Route
+/// domains for such names must use the same encoding.
+pub fn encode_authority(out: &mut String, service: &str) {
+    if service.is_empty() {
+        out.push_str("unknown");
+        return;
+    }
+    for b in service.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
 /// Percent-encodes `=` , `%` and non-printable bytes so a key/value pair fits one header value.
 pub fn encode_pair_part(out: &mut String, s: &str) {
     for c in s.chars() {
@@ -371,9 +389,30 @@ mod tests {
     }
 
     #[test]
-    fn oversize_body_is_refused() {
+    fn oversize_body_is_refused_as_too_large() {
         let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n";
-        assert!(parse_response(raw, 10).is_err());
+        assert!(matches!(
+            parse_response(raw, 10),
+            Err(HttpError::TooLarge(_))
+        ));
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nb\r\n";
+        assert!(matches!(
+            parse_response(chunked, 10),
+            Err(HttpError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn authorities_are_always_valid() {
+        let mut s = String::new();
+        encode_authority(&mut s, "com.acme.Orders");
+        assert_eq!(s, "com.acme.Orders");
+        s.clear();
+        encode_authority(&mut s, "a b/c@d\u{e9}");
+        assert_eq!(s, "a%20b%2Fc%40d%C3%A9");
+        s.clear();
+        encode_authority(&mut s, "");
+        assert_eq!(s, "unknown");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod front;
 pub mod http1;
 pub mod metadata;
 pub mod stats;
+pub mod vm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 

@@ -13,14 +13,23 @@ pub const REQUESTS: &str = "meltemi_requests_total";
 pub const RESPONSES: &str = "meltemi_responses_total";
 /// Replies built by the bridge itself, by `kind` (an [`crate::ErrorKind`] name).
 pub const LOCAL_REPLIES: &str = "meltemi_local_replies_total";
-/// Request-to-answer latency in milliseconds.
-pub const DURATION: &str = "meltemi_request_duration_ms";
+/// Request-to-answer latency in microseconds (sub-millisecond calls are the common case).
+pub const DURATION: &str = "meltemi_request_duration_us";
 /// Requests in flight (gauge).
 pub const ACTIVE: &str = "meltemi_active_requests";
 /// Corrupt streams; each closed one connection. Label `role` (front/back).
 pub const DECODE_ERRORS: &str = "meltemi_decode_errors_total";
-/// Refusals by `reason`: frame_too_large, too_many_pending, metadata_limit.
+/// Refusals by `reason`: frame_too_large, metadata_limit, connection_buffer_limit,
+/// vm_buffer_budget (and `role`: front/back).
 pub const REFUSED: &str = "meltemi_refused_total";
+/// Label values replaced by `other` because their label had reached its limit, by `label`
+/// (service, method).
+pub const LABEL_OVERFLOW: &str = "meltemi_label_overflow_total";
+/// Metric updates lost because the VM reached its cap on distinct metric names.
+pub const METRICS_DROPPED: &str = "meltemi_metrics_dropped_total";
+/// Server answers dropped because they answer nothing that is awaited (a duplicate, a late
+/// answer, a wrong request id); the upstream connection is closed with each.
+pub const STRAY_ANSWERS: &str = "meltemi_stray_answers_total";
 /// Mutations the codec could not represent (frame forwarded unchanged).
 pub const MUTATION_UNSUPPORTED: &str = "meltemi_mutation_unsupported_total";
 /// Messages nobody waits for (a server answering a one-way call, a client sending a
@@ -30,7 +39,7 @@ pub const UNEXPECTED: &str = "meltemi_unexpected_messages_total";
 pub const HEARTBEATS: &str = "meltemi_heartbeats_total";
 
 /// `stats_config.stats_tags` entries for the Envoy bootstrap: (tag_name, regex).
-pub const STATS_TAGS: [(&str, &str); 7] = [
+pub const STATS_TAGS: [(&str, &str); 8] = [
     ("protocol", r"(;\.;protocol=\.=(.*?))(?:;\.;|$)"),
     ("role", r"(;\.;role=\.=(.*?))(?:;\.;|$)"),
     ("service", r"(;\.;service=\.=(.*?))(?:;\.;|$)"),
@@ -38,6 +47,7 @@ pub const STATS_TAGS: [(&str, &str); 7] = [
     ("outcome", r"(;\.;outcome=\.=(.*?))(?:;\.;|$)"),
     ("kind", r"(;\.;kind=\.=(.*?))(?:;\.;|$)"),
     ("reason", r"(;\.;reason=\.=(.*?))(?:;\.;|$)"),
+    ("label", r"(;\.;label=\.=(.*?))(?:;\.;|$)"),
 ];
 
 /// Where transcoders report. The wasm glue maps it onto proxy-wasm metrics; tests record.

@@ -139,6 +139,8 @@ fn config(role: Role, limits: Limits) -> Rc<FilterConfig<()>> {
         role,
         service: None,
         limits,
+        known_services: Vec::new(),
+        known_methods: Vec::new(),
         codec: (),
     })
 }

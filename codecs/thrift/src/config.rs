@@ -33,6 +33,22 @@ pub enum ProtocolConfig {
     Compact,
 }
 
+/// How the bridge tells Envoy that a one-way call was delivered (a network filter cannot answer
+/// Envoy's router itself, and a one-way call gets no answer from the server).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnewayAck {
+    /// Close the server connection once the call is written (Envoy opens a new one for the
+    /// next call). Works with every server.
+    #[default]
+    Close,
+    /// Follow the call with a call to an unknown method and take the server's
+    /// UNKNOWN_METHOD exception as the acknowledgement; keeps the connection. Apache Thrift
+    /// and thriftpy2 servers answer it; the Rust `thrift` crate's server closes the connection
+    /// instead (it does not skip an unknown call's arguments).
+    Probe,
+}
+
 /// Default nesting limit for skipped values, as deep as any real IDL goes.
 pub const DEFAULT_MAX_DEPTH: u32 = 64;
 
@@ -48,6 +64,8 @@ pub struct Config {
     /// message (the message's own struct counts as 1). Deeper values are refused as malformed.
     #[serde(deserialize_with = "positive")]
     pub max_depth: u32,
+    /// One-way acknowledgement; `close` by default.
+    pub oneway_ack: OnewayAck,
 }
 
 impl Default for Config {
@@ -56,6 +74,7 @@ impl Default for Config {
             transport: TransportConfig::Auto,
             protocol: ProtocolConfig::Auto,
             max_depth: DEFAULT_MAX_DEPTH,
+            oneway_ack: OnewayAck::Close,
         }
     }
 }

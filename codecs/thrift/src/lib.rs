@@ -73,7 +73,7 @@ pub mod transport;
 
 use meltemi_sdk::{Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
 
-pub use config::{Config, ProtocolConfig, TransportConfig};
+pub use config::{Config, OnewayAck, ProtocolConfig, TransportConfig};
 pub use message::Protocol;
 pub use transport::Transport;
 
@@ -297,6 +297,9 @@ impl ThriftCodec {
             None => own.push("method", name.as_ref()),
         }
         own.push("message_type", head.mtype.as_str());
+        // The client's dialect, so that a deployment can keep pooled server connections apart
+        // per dialect (a server must see one dialect per connection).
+        own.push("dialect", dialect(transport, head.protocol));
         for (k, v) in metadata.iter() {
             own.push(k, v);
         }
@@ -413,6 +416,9 @@ impl Codec for ThriftCodec {
     /// it was multiplexed, so a TMultiplexedProcessor routes it to a known service) with the
     /// one-way call's seqid. The server's UNKNOWN_METHOD exception acknowledges the call.
     fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
+        if self.config.oneway_ack == OnewayAck::Close {
+            return None;
+        }
         let transport = self.transport?;
         let (name, seqid, protocol, header_seqid) = self.reply_target(oneway)?;
         let name = match name.iter().position(|b| *b == b':') {
@@ -430,6 +436,21 @@ impl Codec for ThriftCodec {
     /// Real servers answer the probe call with an UNKNOWN_METHOD exception naming it.
     fn is_probe_answer(&self, message: &Message) -> bool {
         message.metadata.get("method") == Some(reply::PROBE_METHOD)
+    }
+}
+
+/// `<transport>-<protocol>` as in `framed-binary`, `unframed-compact`, `header-binary`; the
+/// old non-strict binary is `binary_nonstrict`.
+fn dialect(transport: Transport, protocol: Protocol) -> &'static str {
+    match (transport, protocol) {
+        (Transport::Framed, Protocol::Binary { strict: true }) => "framed-binary",
+        (Transport::Framed, Protocol::Binary { strict: false }) => "framed-binary_nonstrict",
+        (Transport::Framed, Protocol::Compact) => "framed-compact",
+        (Transport::Unframed, Protocol::Binary { strict: true }) => "unframed-binary",
+        (Transport::Unframed, Protocol::Binary { strict: false }) => "unframed-binary_nonstrict",
+        (Transport::Unframed, Protocol::Compact) => "unframed-compact",
+        (Transport::Header, Protocol::Binary { .. }) => "header-binary",
+        (Transport::Header, Protocol::Compact) => "header-compact",
     }
 }
 

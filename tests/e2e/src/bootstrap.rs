@@ -41,6 +41,11 @@ pub struct Bridge<'a> {
 
 const BUFFER_LIMIT: u64 = 32 << 20;
 
+/// Read and write buffer limit of the client listener: Envoy stops reading a client whose
+/// unprocessed bytes pass it (the front holds the rest of a pipeline in the VM, bounded by its
+/// own limits), and the router stops reading a server while the client does not read.
+const FRONT_BUFFER_LIMIT: u64 = 1 << 20;
+
 fn wasm_filter(name: &str, protocol: &str, wasm: &Path, mut config: Value, role: &str) -> Value {
     config["role"] = json!(role);
     json!({
@@ -50,6 +55,9 @@ fn wasm_filter(name: &str, protocol: &str, wasm: &Path, mut config: Value, role:
             "config": {
                 "name": name,
                 "root_id": "meltemi",
+                // A VM that fails (a trap) is replaced by a fresh one for new connections
+                // instead of resetting every later connection of its worker.
+                "failure_policy": "FAIL_RELOAD",
                 "vm_config": {
                     "vm_id": format!("meltemi_{protocol}"),
                     "runtime": "envoy.wasm.runtime.v8",
@@ -90,10 +98,26 @@ impl Bridge<'_> {
             "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
         })];
         virtual_hosts.extend(self.virtual_hosts.iter().cloned());
-        let mut http_filters = vec![json!({
-            "name": "envoy.filters.http.buffer",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
-        })];
+        let mut http_filters = vec![
+            json!({
+                "name": "envoy.filters.http.buffer",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
+            }),
+            // A server sees one dialect per connection: requests whose codec names a
+            // `dialect` (Thrift: transport and protocol) get pooled connections of their own.
+            json!({
+                "name": "envoy.filters.http.set_filter_state",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+                    "on_request_headers": [{
+                        "object_key": "meltemi.dialect",
+                        "factory_key": "envoy.string",
+                        "format_string": {"text_format_source": {"inline_string": "%REQ(dialect)%"}},
+                        "shared_with_upstream": "ONCE"
+                    }]
+                }
+            }),
+        ];
         http_filters.extend(self.http_filters.iter().cloned());
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -107,7 +131,7 @@ impl Bridge<'_> {
         let mut listeners = vec![json!({
             "name": format!("{p}_front"),
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
-            "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+            "per_connection_buffer_limit_bytes": FRONT_BUFFER_LIMIT,
             "filter_chains": [{"filters": [
                 wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front"),
                 {
@@ -170,5 +194,16 @@ impl Bridge<'_> {
 
 /// A route sending exactly `/<service>/<method>` to `cluster`.
 pub fn method_route(service: &str, method: &str, cluster: &str) -> Value {
-    json!({"match": {"path": format!("/{service}/{method}")}, "route": {"cluster": cluster, "timeout": "5s"}})
+    json!({"match": {"path": format!("/{service}/{method}")}, "route": route_action(cluster)})
+}
+
+/// A route action to `cluster` as every suite uses it: a 5 s timeout, and a retry when the
+/// pooled connection was reset before the request was written (a server that closes its
+/// connection, a back that closed after a one-way call): the request never left, so it is safe.
+pub fn route_action(cluster: &str) -> Value {
+    json!({
+        "cluster": cluster,
+        "timeout": "5s",
+        "retry_policy": {"retry_on": "reset-before-request", "num_retries": 3}
+    })
 }

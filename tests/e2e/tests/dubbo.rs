@@ -76,7 +76,7 @@ fn setup() -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
 }
 
 fn route(matcher: Value, cluster: &str) -> Value {
-    json!({"match": matcher, "route": {"cluster": cluster, "timeout": "5s"}})
+    json!({"match": matcher, "route": meltemi_e2e::bootstrap::route_action(cluster)})
 }
 
 fn exact(header: &str, value: &str) -> Value {

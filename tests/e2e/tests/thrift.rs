@@ -115,7 +115,7 @@ fn render(
 fn whole_service(service: &str, cluster: &str) -> Value {
     json!({
         "name": service, "domains": [service],
-        "routes": [{"match": {"prefix": format!("/{service}/")}, "route": {"cluster": cluster, "timeout": "10s"}}]
+        "routes": [{"match": {"prefix": format!("/{service}/")}, "route": meltemi_e2e::bootstrap::route_action(cluster)}]
     })
 }
 
@@ -413,7 +413,7 @@ fn routing_no_route_mutation_and_multiplexing() {
         },
         "append_action": "APPEND_IF_EXISTS_OR_ADD"
     }]);
-    let route = |path: &str, cluster: &str| json!({"match": {"path": path}, "route": {"cluster": cluster, "timeout": "10s"}});
+    let route = |path: &str, cluster: &str| json!({"match": {"path": path}, "route": meltemi_e2e::bootstrap::route_action(cluster)});
     let mut inspect = route("/echo/inspect", "v2");
     inspect["request_headers_to_add"] = mutation.clone();
     let mut framed_all = whole_service("echo-framed", "fb");
@@ -424,7 +424,7 @@ fn routing_no_route_mutation_and_multiplexing() {
             "routes": [
                 // The info header arrives as an HTTP header with a lower-cased name.
                 {"match": {"path": "/echo/echo", "headers": [{"name": "x-version", "string_match": {"exact": "v2"}}]},
-                 "route": {"cluster": "v2", "timeout": "10s"}},
+                 "route": meltemi_e2e::bootstrap::route_action("v2")},
                 route("/echo/echo", "v1"),
                 inspect,
                 route("/echo/add", "v2"),

@@ -297,6 +297,17 @@ impl Host {
         Ok(())
     }
 
+    /// Bytes of host buffers the module copied in with `proxy_get_buffer_bytes` since the last
+    /// [`Host::reset_copied`]: what a bridge costs per byte Envoy shows it.
+    pub fn copied_in(&self) -> u64 {
+        self.store.data().copied_in
+    }
+
+    /// Restarts the count of [`Host::copied_in`].
+    pub fn reset_copied(&mut self) {
+        self.store.data_mut().copied_in = 0;
+    }
+
     /// The period last set with `proxy_set_tick_period_milliseconds` (0 = no timer).
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms

@@ -46,6 +46,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     )?;
     linker.func_wrap(ENV, "proxy_get_buffer_bytes", proxy_get_buffer_bytes)?;
     linker.func_wrap(ENV, "proxy_set_buffer_bytes", proxy_set_buffer_bytes)?;
+    linker.func_wrap(ENV, "proxy_get_buffer_status", proxy_get_buffer_status)?;
     linker.func_wrap(ENV, "proxy_get_property", proxy_get_property)?;
     linker.func_wrap(ENV, "proxy_set_property", proxy_set_property)?;
     linker.func_wrap(ENV, "proxy_continue_stream", proxy_continue_stream)?;
@@ -135,7 +136,27 @@ fn proxy_get_buffer_bytes(
         let ok = write_u32(&mut c, ptr_ptr, 0)? && write_u32(&mut c, size_ptr, 0)?;
         return Ok(written(ok));
     }
+    c.data_mut().copied_in += range.len() as u64;
     copy_out(&mut c, &range, ptr_ptr, size_ptr)
+}
+
+/// proxy-wasm-cpp-host `get_buffer_status`: the buffer's length and flags 0; `NotFound` when
+/// Envoy has no such buffer.
+fn proxy_get_buffer_status(
+    mut c: Ctx<'_>,
+    kind: i32,
+    size_ptr: i32,
+    flags_ptr: i32,
+) -> HostResult<i32> {
+    let state = c.data();
+    let buffer = match state.buffer(kind as u32) {
+        Ok(BufferRef::Missing) => return Ok(NOT_FOUND),
+        Ok(buffer) => buffer,
+        Err(status) => return Ok(status as i32),
+    };
+    let len = state.buffer_bytes(&buffer).len() as u32;
+    let ok = write_u32(&mut c, size_ptr, len)? && write_u32(&mut c, flags_ptr, 0)?;
+    Ok(written(ok))
 }
 
 /// Envoy `Buffer::copyFrom`, see [`HostState::splice`].

@@ -87,6 +87,8 @@ pub(crate) struct HostState {
     pub log_level: u32,
     pub now_nanos: u64,
     pub tick_period_ms: u32,
+    /// Bytes `proxy_get_buffer_bytes` copied into the module so far.
+    pub copied_in: u64,
     /// Properties keyed by their NUL-joined path.
     pub properties: HashMap<Vec<u8>, Vec<u8>>,
     pub foreign_calls: Vec<ForeignCall>,
@@ -108,6 +110,7 @@ impl HostState {
             log_level: 0,
             now_nanos: EPOCH_NANOS,
             tick_period_ms: 0,
+            copied_in: 0,
             properties: HashMap::new(),
             foreign_calls: Vec::new(),
             rng: 0x6d65_6c74_656d_6921,

@@ -867,7 +867,7 @@ fn oversize_frames_close_the_connection_and_are_counted() {
         b"",
         "nothing of the refused frame reaches HCM"
     );
-    let too_large = [P, ("reason", "frame_too_large")];
+    let too_large = [P, ("reason", "frame_too_large"), ("role", "front")];
     assert_eq!(counter(&h, REFUSED, &too_large), 1);
     // A frame announcing 1 GiB is refused once more than the limit has arrived.
     let c2 = ok(h.new_connection());
@@ -898,12 +898,19 @@ fn the_back_refuses_an_oversize_partial_server_frame() {
     let big = frame(RESPONSE, 1, &[], &[b'y'; 80]);
     assert_eq!(write(&mut b, c, &big[..70]), b"");
     assert!(b.closed(c));
-    assert_eq!(counter(&b, REFUSED, &[P, ("reason", "frame_too_large")]), 1);
+    assert_eq!(
+        counter(
+            &b,
+            REFUSED,
+            &[P, ("reason", "frame_too_large"), ("role", "back")]
+        ),
+        1
+    );
 }
 
 #[test]
 fn the_back_refuses_an_oversize_complete_server_frame() {
-    let too_large = [P, ("reason", "frame_too_large")];
+    let too_large = [P, ("reason", "frame_too_large"), ("role", "back")];
     let small = request(1, "a", b"");
     let mut b = host(r#"{"role": "back", "limits": {"max_frame_bytes": 64}}"#);
     let c = ok(b.new_connection());
@@ -923,47 +930,84 @@ fn the_back_refuses_an_oversize_complete_server_frame() {
 }
 
 #[test]
-fn too_many_pending_requests_get_an_over_limit_error_frame() {
+fn past_max_pending_requests_the_front_holds_requests_back_in_order() {
     let mut h = host(r#"{"role": "front", "limits": {"max_pending_requests": 1}}"#);
     let c = ok(h.new_connection());
-    let (a, b) = (request(1, "a", b""), request(2, "b", b""));
-    send(&mut h, c, &[a.clone(), b].concat());
-    assert_eq!(
-        &rb(&h, c)[..],
-        &[demo_request(1, 1, "a", &a), local_request(2, "refused")].concat()[..]
+    let (a, b, d) = (
+        request(1, "a", b""),
+        request(2, "b", b""),
+        request(3, "d", b""),
     );
-    hcm_consume(&mut h, c, 2);
+    // Two requests in one read: only the first reaches HCM, none is refused.
+    let action = send(&mut h, c, &[a.clone(), b.clone()].concat());
+    assert_eq!(&rb(&h, c)[..], &demo_request(1, 1, "a", &a)[..]);
+    assert_eq!(
+        action,
+        Action::Pause,
+        "the read buffer stays reachable for the timer"
+    );
+    assert_eq!(h.continued(c), 1, "HCM still reads the first request now");
+    hcm_consume(&mut h, c, 1);
+    // HCM answers the first; nothing reads again, the timer hands the next one.
     let ra = frame(RESPONSE, 1, &[], b"ra");
     assert_eq!(write(&mut h, c, &relayed("response", 1, &ra)), ra);
+    assert!(h.tick_period_ms() > 0, "the front asked for the timer");
+    ok(h.tick());
+    assert_eq!(&rb(&h, c)[..], &demo_request(2, 2, "b", &b)[..]);
+    assert_eq!(h.continued(c), 2);
+    hcm_consume(&mut h, c, 1);
+    let rb_ = frame(RESPONSE, 2, &[], b"rb");
+    assert_eq!(write(&mut h, c, &relayed("response", 2, &rb_)), rb_);
+    ok(h.tick());
+    assert_eq!(h.tick_period_ms(), 0, "nothing waits: the timer stops");
     assert_eq!(
-        write(&mut h, c, &http_response("200 OK", &[], b"")),
-        error_frame(
-            2,
-            "over_limit",
-            "too many pending requests on this connection"
-        )
+        counter(&h, REFUSED, &[P, ("reason", "too_many_pending")]),
+        0
+    );
+    // Nothing waits any more: the next request goes straight through.
+    let action = send(&mut h, c, &d);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(&rb(&h, c)[..], &demo_request(3, 3, "d", &d)[..]);
+}
+
+#[test]
+fn a_deep_pipeline_is_copied_into_the_vm_once() {
+    // 2000 requests in one read with room for 4 at a time: every byte of the pipeline is read
+    // from Envoy once, and each later read copies only the few bytes that identify the
+    // requests HCM has not consumed (not the whole buffer again).
+    let mut h = host(r#"{"role": "front", "limits": {"max_pending_requests": 4}}"#);
+    let c = ok(h.new_connection());
+    let n = 2000u64;
+    let stream: Vec<u8> = (1..=n)
+        .flat_map(|i| request(i, "echo", &[b'p'; 300]))
+        .collect();
+    h.reset_copied();
+    send(&mut h, c, &stream);
+    let mut answered = 0u64;
+    while answered < n {
+        let reqs = hcm_consume(&mut h, c, 1);
+        assert_eq!(
+            reqs.len(),
+            1,
+            "HCM always has the next request ({answered} answered)"
+        );
+        answered += 1;
+        let r = frame(RESPONSE, answered, &[], b"ok");
+        assert_eq!(write(&mut h, c, &relayed("response", answered, &r)), r);
+        // Envoy shows the front its buffer again (HCM re-enabled reading), or the timer runs.
+        send(&mut h, c, b"");
+        ok(h.tick());
+    }
+    let copied = h.copied_in();
+    assert!(
+        copied < stream.len() as u64 * 2,
+        "{copied} bytes copied into the VM for a {} byte pipeline",
+        stream.len()
     );
     assert_eq!(
         counter(&h, REFUSED, &[P, ("reason", "too_many_pending")]),
-        1
+        0
     );
-    assert_eq!(
-        counter(
-            &h,
-            "meltemi_local_replies_total",
-            &[
-                P,
-                ("service", "demo"),
-                ("method", "b"),
-                ("kind", "over_limit")
-            ]
-        ),
-        1
-    );
-    // With the first answered, a new request goes through again.
-    let d = request(3, "d", b"");
-    send(&mut h, c, &d);
-    assert_eq!(&rb(&h, c)[..], &demo_request(3, 3, "d", &d)[..]);
 }
 
 #[test]
@@ -1008,7 +1052,14 @@ fn metadata_over_the_limit_gets_a_bad_request_error_frame() {
     );
     let r = frame(RESPONSE, 7, &[], b"");
     assert_eq!(write(&mut h, c, &relayed("response", 7, &r)), r);
-    assert_eq!(counter(&h, REFUSED, &[P, ("reason", "metadata_limit")]), 2);
+    assert_eq!(
+        counter(
+            &h,
+            REFUSED,
+            &[P, ("reason", "metadata_limit"), ("role", "front")]
+        ),
+        2
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1274,17 +1325,19 @@ fn metrics_after_a_few_requests() {
     assert_eq!(h.counter(&with(&hello, "business_error")), Some(1));
     assert_eq!(h.counter(&with(&bye, "success")), Some(1));
     assert_eq!(
-        h.histogram(&stat("meltemi_request_duration_ms", &hello)),
-        [7, 12]
+        h.histogram(&stat("meltemi_request_duration_us", &hello)),
+        [7000, 12000],
+        "microseconds"
     );
     assert_eq!(
-        h.histogram(&stat("meltemi_request_duration_ms", &bye)),
-        [12]
+        h.histogram(&stat("meltemi_request_duration_us", &bye)),
+        [12000]
     );
     let mut expected = vec![
         active,
-        stat("meltemi_request_duration_ms", &bye),
-        stat("meltemi_request_duration_ms", &hello),
+        "meltemi_metrics_dropped_total".to_owned(),
+        stat("meltemi_request_duration_us", &bye),
+        stat("meltemi_request_duration_us", &hello),
         stat("meltemi_requests_total", &bye),
         stat("meltemi_requests_total", &hello),
         with(&bye, "success"),
