@@ -581,7 +581,13 @@ impl<C: Codec> Front<C> {
         );
         let marker = parsed.header(RESPONSE_HEADER);
         if request.message.kind == MessageKind::OneWay {
-            let outcome = if marker.is_some() {
+            // Delivered: acknowledged by the back, or written to the server before the back
+            // closed the connection on purpose (codecs without a delivery probe), which Envoy
+            // reports as a reset by connection termination.
+            let closed_after_write = parsed.status == 503
+                && std::str::from_utf8(&parsed.body)
+                    .is_ok_and(|b| b.contains("reset reason: connection termination"));
+            let outcome = if marker.is_some() || closed_after_write {
                 "oneway"
             } else {
                 "local_reply"

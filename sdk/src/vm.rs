@@ -52,10 +52,11 @@ impl Budget {
         }
     }
 
-    /// Charges `more` bytes if they fit; `false` (nothing charged) if not.
-    pub fn try_charge(&self, more: usize) -> bool {
+    /// Charges `more` bytes if they fit with `reserve` bytes to spare; `false` (nothing
+    /// charged) if not.
+    pub fn try_charge(&self, more: usize, reserve: usize) -> bool {
         match self.used.get().checked_add(more) {
-            Some(total) if total <= self.limit.get() => {
+            Some(total) if total <= self.limit.get().saturating_sub(reserve) => {
                 self.used.set(total);
                 true
             }
@@ -176,6 +177,11 @@ impl OverLimit {
 /// Capacities at or below this are kept when a buffer empties (no churn for small frames).
 const KEEP_CAPACITY: usize = 64 << 10;
 
+/// Buffers larger than [`KEEP_CAPACITY`] must leave this share of the budget free (1/8): what
+/// large frames, partial or whole, can take never starves the small buffers of ordinary calls,
+/// so a healthy client keeps working while attackers fill the VM.
+const RESERVE_DIVISOR: usize = 8;
+
 impl HeldBytes {
     /// An empty buffer charged to `shared`'s budget.
     pub fn new(shared: Rc<VmShared>) -> Self {
@@ -225,21 +231,22 @@ impl HeldBytes {
             let doubled = needed
                 .max(capacity.saturating_mul(2))
                 .min(limit.max(needed));
-            let target = if self
-                .shared
-                .budget
-                .try_charge(doubled.saturating_sub(self.charged))
-            {
-                doubled
-            } else if self
-                .shared
-                .budget
-                .try_charge(needed.saturating_sub(self.charged))
-            {
-                needed
-            } else {
-                return Err(OverLimit::Vm);
+            let budget = &self.shared.budget;
+            let reserve = |size: usize| {
+                if size > KEEP_CAPACITY {
+                    budget.limit() / RESERVE_DIVISOR
+                } else {
+                    0
+                }
             };
+            let target =
+                if budget.try_charge(doubled.saturating_sub(self.charged), reserve(doubled)) {
+                    doubled
+                } else if budget.try_charge(needed.saturating_sub(self.charged), reserve(needed)) {
+                    needed
+                } else {
+                    return Err(OverLimit::Vm);
+                };
             let charged_now = target.saturating_sub(self.charged);
             if self
                 .buf
@@ -285,7 +292,7 @@ impl HeldBytes {
         if capacity > self.charged {
             // Already allocated: charge it even past the limit, the next growth is refused.
             let more = capacity.saturating_sub(self.charged);
-            if !self.shared.budget.try_charge(more) {
+            if !self.shared.budget.try_charge(more, 0) {
                 self.shared
                     .budget
                     .used
@@ -326,6 +333,22 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(shared.budget.used(), 0);
+    }
+
+    #[test]
+    fn large_buffers_leave_a_reserve_for_small_ones() {
+        let shared = VmShared::new(8 << 20, 8, 8);
+        let mut big = Vec::new();
+        loop {
+            let mut h = HeldBytes::new(Rc::clone(&shared));
+            if h.try_extend(&[0; 1 << 20], usize::MAX).is_err() {
+                break;
+            }
+            big.push(h);
+        }
+        assert_eq!(big.len(), 7, "1 MiB buffers stop short of the last eighth");
+        let mut small = HeldBytes::new(Rc::clone(&shared));
+        small.try_extend(&[0; 4096], usize::MAX).unwrap();
     }
 
     #[test]

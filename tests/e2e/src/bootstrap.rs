@@ -48,6 +48,17 @@ const FRONT_BUFFER_LIMIT: u64 = 1 << 20;
 
 fn wasm_filter(name: &str, protocol: &str, wasm: &Path, mut config: Value, role: &str) -> Value {
     config["role"] = json!(role);
+    wasm_plugin(
+        name,
+        &format!("meltemi_{protocol}"),
+        wasm,
+        &config.to_string(),
+    )
+}
+
+/// A proxy-wasm network filter running `wasm` with plugin `configuration`, configured as every
+/// Meltemi filter is (V8, a failed VM reloaded).
+fn wasm_plugin(name: &str, vm_id: &str, wasm: &Path, configuration: &str) -> Value {
     json!({
         "name": name,
         "typed_config": {
@@ -59,13 +70,13 @@ fn wasm_filter(name: &str, protocol: &str, wasm: &Path, mut config: Value, role:
                 // instead of resetting every later connection of its worker.
                 "failure_policy": "FAIL_RELOAD",
                 "vm_config": {
-                    "vm_id": format!("meltemi_{protocol}"),
+                    "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm.display().to_string()}}
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": config.to_string()
+                    "value": configuration
                 }
             }
         }
@@ -190,6 +201,37 @@ impl Bridge<'_> {
         })
         .to_string()
     }
+}
+
+/// A plain TCP proxy on 127.0.0.1:`port` to 127.0.0.1:`upstream` behind the proxy-wasm
+/// network filter `wasm` (empty plugin configuration), set up like Meltemi's filters: for
+/// tests of Envoy's handling of the module itself (a VM that fails).
+pub fn plain_wasm_proxy(wasm: &Path, port: u16, admin_port: u16, upstream: u16) -> String {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "plain",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [
+                    wasm_plugin("plain_wasm", "plain", wasm, ""),
+                    {
+                        "name": "envoy.filters.network.tcp_proxy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                            "stat_prefix": "plain",
+                            "cluster": "upstream"
+                        }
+                    }
+                ]}]
+            }],
+            "clusters": [cluster(
+                "upstream",
+                json!({"socket_address": {"address": "127.0.0.1", "port_value": upstream}}),
+            )]
+        }
+    })
+    .to_string()
 }
 
 /// A route sending exactly `/<service>/<method>` to `cluster`.

@@ -2,7 +2,9 @@
 //!
 //! The server answers `echo`-like methods with `<tag>:<payload>` and a `server: <tag>` header
 //! plus every request header (so tests see mutations), counts one-way calls (method `count`
-//! reports the number), answers pings, and closes the connection on method `crash`.
+//! reports the number), answers pings, and closes the connection on method `crash`. It also
+//! misbehaves on request: method `dup` is answered twice (the copy 100 ms later, when the
+//! connection may carry someone else's call), `wrongid` with another request id.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -79,6 +81,11 @@ impl Client {
         Client {
             stream: crate::load::connect(port),
         }
+    }
+
+    /// The socket (to clone a writer for another thread).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
     }
 
     /// Sends raw bytes.
@@ -185,6 +192,20 @@ fn serve(mut conn: TcpStream, tag: &str, oneways: &AtomicU64, pings: &AtomicU64)
                 let _ = conn.shutdown(Shutdown::Both);
                 return;
             }
+            kind::REQUEST if method == "dup" => {
+                let reply = encode(kind::RESPONSE, f.id, &[("server", tag)], b"dup");
+                if conn.write_all(&reply).is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                reply
+            }
+            kind::REQUEST if method == "wrongid" => encode(
+                kind::RESPONSE,
+                f.id.wrapping_add(1000),
+                &[("server", tag)],
+                b"wrong",
+            ),
             kind::REQUEST if method == "count" => {
                 let n = oneways.load(Ordering::SeqCst).to_string();
                 encode(kind::RESPONSE, f.id, &[("server", tag)], n.as_bytes())
@@ -220,6 +241,12 @@ pub struct Deployment {
 impl Deployment {
     /// Builds `minirpc.wasm`, starts both servers and Envoy.
     pub fn start(name: &str) -> Deployment {
+        Self::start_with_front(name, None)
+    }
+
+    /// The same with the front's plugin configuration replaced by `front` (a JSON object;
+    /// `role` is set here).
+    pub fn start_with_front(name: &str, front: Option<serde_json::Value>) -> Deployment {
         use crate::workspace;
         let wasm = workspace::build_wasm("minirpc");
         let (v1, v2) = (Server::start("v1"), Server::start("v2"));
@@ -236,6 +263,15 @@ impl Deployment {
                 ("WASM", wasm.display().to_string()),
             ],
         );
+        let config = match front {
+            None => config,
+            Some(mut front) => {
+                const SHIPPED: &str = r#"'{"role": "front", "limits": {"max_frame_bytes": 4194304, "max_pending_requests": 256}}'"#;
+                assert!(config.contains(SHIPPED), "front configuration not found");
+                front["role"] = serde_json::json!("front");
+                config.replacen(SHIPPED, &format!("'{front}'"), 1)
+            }
+        };
         let envoy = crate::envoy::Envoy::start(name, &config, admin);
         Deployment {
             envoy,

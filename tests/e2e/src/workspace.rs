@@ -44,6 +44,26 @@ pub fn build_wasm(package: &str) -> PathBuf {
     path
 }
 
+/// Builds the standalone (non-workspace) crate in `dir` (relative to the repository root) for
+/// `wasm32-wasip1` in release mode, into the target directory the wasm test host uses for its
+/// own test modules, and returns `<artifact>.wasm`.
+pub fn build_standalone_wasm(dir: &str, artifact: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = root();
+    let target = root.join("target/wasm-host-testdata");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root.join(dir))
+        .args(["build", "--quiet", "--release", "--target", "wasm32-wasip1"])
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo build for wasm");
+    assert!(status.success(), "building {dir} for wasm32-wasip1 failed");
+    let path = target.join(format!("wasm32-wasip1/release/{artifact}.wasm"));
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
 /// A port on 127.0.0.1 that was free a moment ago, below Linux's ephemeral range (32768+) so
 /// that no client connection's source port, nor its TIME_WAIT after Envoy is killed, can take
 /// it before Envoy binds it. Each process walks its own stretch of 20000..32000, and a port is

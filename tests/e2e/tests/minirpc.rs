@@ -66,7 +66,7 @@ fn one_connection_is_routed_per_request_by_method_and_metadata() {
     assert!(s.envoy.wait_prom("meltemi_responses_total", &ok, 11.0) >= 11.0);
     assert!(
         s.envoy
-            .wait_prom("meltemi_request_duration_ms_count", &labels, 11.0)
+            .wait_prom("meltemi_request_duration_us_count", &labels, 11.0)
             >= 11.0,
         "latency histogram"
     );

@@ -514,3 +514,57 @@ fn routing_no_route_mutation_and_multiplexing() {
     assert_counter(&envoy, "meltemi_decode_errors_total", &[thrift], 0.0);
     assert_clean_log(&envoy);
 }
+
+/// Clients of different dialects at once through ONE front listener (auto-detecting) to ONE
+/// server connection pool: Envoy pools server connections per client dialect (the codec's
+/// `dialect` metadata → filter state shared with the upstream), so each server connection
+/// sees one dialect and every client gets answers in its own. The server is Apache Thrift's
+/// THeader server, which speaks THeader with either protocol (it refuses framed and unframed
+/// clients, so those dialects cannot share it).
+#[test]
+fn client_dialects_interleaved_through_one_bridge_and_one_server() {
+    if !peers_available() {
+        return;
+    }
+    let wasm = workspace::build_wasm("meltemi-thrift");
+    let server = Server::start(Impl::Apache, "header", "binary", "py-any", &[]);
+    let fronts = [Front::new(json!({"service": "echo"}))];
+    let admin = workspace::free_port();
+    let config = render(
+        &wasm,
+        admin,
+        &fronts,
+        vec![destination("py_any", &server)],
+        vec![whole_service("echo", "py_any")],
+    );
+    let envoy = Envoy::start("thrift-dialects", &config, admin);
+    let dialects = [("header", "binary"), ("header", "compact")];
+    let clients: Vec<(Client, String)> = (0..6)
+        .map(|i| {
+            let (t, p) = dialects[i % 2];
+            let msg = format!("{t}-{p}-{i}");
+            let c = Client::new(Impl::Apache, t, p, fronts[0].port, "e2e")
+                .arg("--msg")
+                .arg(&msg);
+            (c, msg)
+        })
+        .collect();
+    // All at once, so that their calls interleave on the bridge's pooled connections.
+    let running: Vec<_> = clients.iter().map(|(c, _)| c.spawn()).collect();
+    for ((client, msg), run) in clients.iter().zip(running) {
+        let out = run.finish();
+        assert_printed(
+            &client.describe(),
+            &out,
+            &expected_e2e(&server.tag, msg),
+            &envoy,
+        );
+    }
+    assert_counter(
+        &envoy,
+        "meltemi_decode_errors_total",
+        &[("protocol", "thrift")],
+        0.0,
+    );
+    assert_clean_log(&envoy);
+}

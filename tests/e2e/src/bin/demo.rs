@@ -91,7 +91,7 @@ fn main() {
         &c.call(&request(11, "echo", &[], b"still here")),
     );
     d.envoy.wait_prom(
-        "meltemi_request_duration_ms_count",
+        "meltemi_request_duration_us_count",
         &[("method", "echo")],
         3.0,
     );
