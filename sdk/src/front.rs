@@ -381,7 +381,9 @@ impl<C: Codec> Front<C> {
                 );
             }
             None => {
-                let mut path = String::with_capacity(service.len() + method.len() + 2);
+                let mut path = String::with_capacity(
+                    service.len().saturating_add(method.len()).saturating_add(2),
+                );
                 path.push('/');
                 http1::encode_path_segment(&mut path, &service);
                 path.push('/');
@@ -687,11 +689,12 @@ impl<C: Codec> Front<C> {
 
     /// The connection is gone: release the in-flight gauge.
     pub fn on_close(&mut self, sink: &mut dyn Sink) {
-        let active = self.in_flight.iter().filter(|r| r.local.is_none()).count() as i64;
+        let active = self.in_flight.iter().filter(|r| r.local.is_none()).count();
         if active > 0 {
+            let active = i64::try_from(active).unwrap_or(i64::MAX);
             sink.gauge(
                 &stats::name(stats::ACTIVE, &[("protocol", C::PROTOCOL)]),
-                -active,
+                active.saturating_neg(),
             );
         }
         self.in_flight.clear();

@@ -125,14 +125,14 @@ fn finish(
     };
     let chunked = find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if chunked {
-        return match dechunk(&buf[head_len..], max_body)? {
+        return match dechunk(buf.get(head_len..).unwrap_or(&[]), max_body)? {
             None => Ok(None),
             Some((body, used)) => Ok(Some(Parsed {
                 status,
                 path,
                 headers,
                 body,
-                len: head_len + used,
+                len: head_len.saturating_add(used),
             })),
         };
     }
@@ -151,14 +151,14 @@ fn finish(
     let end = head_len
         .checked_add(body_len)
         .ok_or_else(|| HttpError::Malformed("length overflow".into()))?;
-    if buf.len() < end {
+    let Some(body) = buf.get(head_len..end) else {
         return Ok(None);
-    }
+    };
     Ok(Some(Parsed {
         status,
         path,
         headers,
-        body: buf[head_len..end].to_vec(),
+        body: body.to_vec(),
         len: end,
     }))
 }
@@ -179,25 +179,30 @@ fn dechunk(mut buf: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>, 
                 "chunked body exceeds the {max_body} byte limit"
             )));
         }
-        buf = &buf[size_len..];
+        buf = buf.get(size_len..).unwrap_or(&[]);
         if size == 0 {
             // Trailers are not used by the bridge; accept an empty trailer section only.
-            if buf.len() < 2 {
+            let Some(end) = buf.get(..2) else {
                 return Ok(None);
-            }
-            if &buf[..2] != b"\r\n" {
+            };
+            if end != b"\r\n" {
                 return Err(HttpError::Malformed("trailers are not supported".into()));
             }
-            return Ok(Some((body, start - buf.len() + 2)));
+            let used = start.saturating_sub(buf.len()).saturating_add(2);
+            return Ok(Some((body, used)));
         }
-        if buf.len() < size + 2 {
+        let (Some(chunk), Some(crlf)) = (buf.get(..size), buf.get(size..size.saturating_add(2)))
+        else {
+            return Ok(None);
+        };
+        if crlf.len() < 2 {
             return Ok(None);
         }
-        body.extend_from_slice(&buf[..size]);
-        if &buf[size..size + 2] != b"\r\n" {
+        body.extend_from_slice(chunk);
+        if crlf != b"\r\n" {
             return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
         }
-        buf = &buf[size + 2..];
+        buf = buf.get(size.saturating_add(2)..).unwrap_or(&[]);
     }
 }
 
@@ -253,7 +258,8 @@ pub fn leading_seq(buf: &[u8], token: u64) -> Option<u64> {
         return None;
     }
     let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
-    let rest = buf[line_end + 2..]
+    let rest = buf
+        .get(line_end.saturating_add(2)..)?
         .strip_prefix(SEQ_HEADER.as_bytes())?
         .strip_prefix(b": ")?;
     let mut expected = [0u8; 17];
@@ -261,10 +267,13 @@ pub fn leading_seq(buf: &[u8], token: u64) -> Option<u64> {
     expected.copy_from_slice(hex.as_bytes());
     let rest = rest.strip_prefix(&expected[..])?;
     let digits_end = rest.iter().position(|b| !b.is_ascii_digit())?;
-    if rest.get(digits_end..digits_end + 2) != Some(b"\r\n") {
+    if rest.get(digits_end..digits_end.saturating_add(2)) != Some(b"\r\n") {
         return None;
     }
-    std::str::from_utf8(&rest[..digits_end]).ok()?.parse().ok()
+    std::str::from_utf8(rest.get(..digits_end)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// True for a valid HTTP header name (RFC 9110 token) in lower case.
@@ -330,17 +339,15 @@ pub fn encode_pair_part(out: &mut String, s: &str) {
 
 /// Inverse of [`encode_pair_part`]; `None` for invalid escapes.
 pub fn decode_pair_part(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.as_bytes().iter();
+    while let Some(&b) = bytes.next() {
+        if b == b'%' {
+            let (hi, lo) = (bytes.next()?, bytes.next()?);
+            let hex = [*hi, *lo];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            out.push(b);
         }
     }
     String::from_utf8(out).ok()

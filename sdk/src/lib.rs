@@ -5,6 +5,19 @@
 //! metrics naming) is plain Rust, tested natively. The glue half ([`wasm`], compiled only for
 //! `wasm32`) binds it to the proxy-wasm ABI; [`export_codec!`] is the one line a codec crate
 //! needs.
+//!
+//! Everything here runs inside Envoy (a wasm VM shared by a worker's connections): no
+//! arithmetic, indexing, `unwrap` or `panic` that input could trigger is allowed outside tests.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 pub mod back;
 pub mod bridge;

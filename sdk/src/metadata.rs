@@ -53,7 +53,9 @@ impl Metadata {
 
     /// Sum of key and value lengths, for the metadata size limit.
     pub fn byte_len(&self) -> usize {
-        self.entries.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.entries.iter().fold(0usize, |n, (k, v)| {
+            n.saturating_add(k.len()).saturating_add(v.len())
+        })
     }
 }
 

@@ -67,7 +67,7 @@ pub fn bump(sink: &mut dyn Sink, base: &str, labels: &[(&str, &str)]) {
 
 /// Builds a stat name with labels. Values are sanitised so they cannot break the encoding.
 pub fn name(base: &str, labels: &[(&str, &str)]) -> String {
-    let mut s = String::with_capacity(base.len() + 64);
+    let mut s = String::with_capacity(base.len().saturating_add(64));
     s.push_str(base);
     for (label, value) in labels {
         let _ = write!(s, ";.;{label}=.=");
@@ -134,10 +134,12 @@ fn matches(name: &str, base: &str, labels: &[(&str, &str)]) -> bool {
 
 impl Sink for Recorder {
     fn count(&mut self, name: &str, n: u64) {
-        *self.counters.entry(name.to_owned()).or_default() += n;
+        let c = self.counters.entry(name.to_owned()).or_default();
+        *c = c.saturating_add(n);
     }
     fn gauge(&mut self, name: &str, delta: i64) {
-        *self.gauges.entry(name.to_owned()).or_default() += delta;
+        let g = self.gauges.entry(name.to_owned()).or_default();
+        *g = g.saturating_add(delta);
     }
     fn record(&mut self, name: &str, value: u64) {
         self.samples.entry(name.to_owned()).or_default().push(value);

@@ -608,6 +608,7 @@ proptest! {
             transport: [TransportConfig::Auto, TransportConfig::Framed, TransportConfig::Unframed, TransportConfig::Header][usize::from(sel % 4)],
             protocol: [ProtocolConfig::Auto, ProtocolConfig::Binary, ProtocolConfig::Compact][usize::from(sel / 4)],
             max_depth,
+            ..Config::default()
         };
         check_chunked(&config, &bytes, &sizes)?;
     }
