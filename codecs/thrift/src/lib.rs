@@ -15,7 +15,9 @@
 //!
 //! # Metadata
 //! `service` (only for `Service:method` names; `method` is then the part after the first colon),
-//! `method`, `message_type` (`call`, `reply`, `exception`, `oneway`), then every THeader info
+//! `method`, `message_type` (`call`, `reply`, `exception`, `oneway`), `dialect`
+//! (`<transport>-<protocol>`, e.g. `framed-compact`: deployments pool server connections per
+//! dialect with it, so a server sees one dialect per connection), then every THeader info
 //! header verbatim (both INFO_KEYVALUE and INFO_PKEYVALUE, in wire order; bytes that are not
 //! UTF-8 are replaced with U+FFFD). The codec's own keys come first, so `Metadata::get` returns
 //! them even if an info header reuses a name.
@@ -608,9 +610,17 @@ mod tests {
         let mut msg = Vec::new();
         binary::write_message_begin(&mut msg, b"Echo:notify", MessageType::Oneway, -2, false);
         msg.push(0);
-        let mut c = ThriftCodec::new(&Config::default());
+        let mut c = ThriftCodec::new(&Config {
+            oneway_ack: OnewayAck::Probe,
+            ..Config::default()
+        });
         let ow = c.decode(&msg).unwrap().unwrap();
         assert_eq!((ow.kind, ow.request_id), (MessageKind::OneWay, 0xffff_fffe));
+        assert_eq!(
+            ThriftCodec::new(&Config::default()).delivery_probe(&ow),
+            None,
+            "closing is the default acknowledgement"
+        );
         let probe = c.delivery_probe(&ow).unwrap();
         let mut expected = Vec::new();
         binary::write_message_begin(

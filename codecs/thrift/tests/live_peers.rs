@@ -186,7 +186,7 @@ fn thriftpy2_multiplexed_server_drops_the_probe() {
         return;
     }
     let (_server, port) = start_server("tp2", "buffered", "compact", &["--multiplex", "Echo"]);
-    let mut codec = ThriftCodec::new(&Config::default());
+    let mut codec = ThriftCodec::new(&probing());
     let (oneway, frame) = notify_frame(&mut codec, "tp2_buffered_compact_mux");
     let probe = codec.delivery_probe(&oneway).unwrap();
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -202,7 +202,7 @@ fn real_servers_answer_the_delivery_probe_with_unknown_method() {
     }
     for (imp, transport, protocol, stem, flags) in PROBE_CASES {
         let (_server, port) = start_server(imp, transport, protocol, flags);
-        let mut codec = ThriftCodec::new(&Config::default());
+        let mut codec = ThriftCodec::new(&probing());
         let (oneway, frame) = notify_frame(&mut codec, stem);
         let probe = codec.delivery_probe(&oneway).unwrap();
         let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -330,5 +330,13 @@ fn real_clients_accept_error_replies() {
         eprintln!(
             "{imp} {transport}/{protocol} {flags:?}: client raised our TApplicationException"
         );
+    }
+}
+
+/// A codec configured to acknowledge one-way calls with the unknown-method probe.
+fn probing() -> Config {
+    Config {
+        oneway_ack: meltemi_thrift::OnewayAck::Probe,
+        ..Config::default()
     }
 }

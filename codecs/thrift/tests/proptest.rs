@@ -368,6 +368,17 @@ impl Case {
         m.push(("method".to_owned(), self.method.clone()));
         let mt = ["", "call", "reply", "exception", "oneway"][self.mtype as usize];
         m.push(("message_type".to_owned(), mt.to_owned()));
+        let transport = match self.trans {
+            Trans::Framed => "framed",
+            Trans::Unframed => "unframed",
+            Trans::Header => "header",
+        };
+        let protocol = match (self.trans, self.proto) {
+            (Trans::Header, Proto::Binary { .. }) | (_, Proto::Binary { strict: true }) => "binary",
+            (_, Proto::Binary { strict: false }) => "binary_nonstrict",
+            (_, Proto::Compact) => "compact",
+        };
+        m.push(("dialect".to_owned(), format!("{transport}-{protocol}")));
         if self.trans == Trans::Header {
             m.extend(self.headers.iter().cloned());
         }

@@ -248,8 +248,12 @@ fn frame_header_len(frame: &[u8]) -> usize {
 
 #[test]
 fn error_replies_and_probes_use_the_clients_framing() {
+    let probing = Config {
+        oneway_ack: meltemi_thrift::OnewayAck::Probe,
+        ..Config::default()
+    };
     for (stem, req, _) in vectors() {
-        let mut codec = ThriftCodec::new(&Config::default());
+        let mut codec = ThriftCodec::new(&probing);
         let msgs = decode_all(&mut codec, &req);
         for (m, _) in &msgs {
             let mut reader = ThriftCodec::new(&Config::default());
