@@ -52,7 +52,14 @@ pub struct Back<C: Codec> {
     /// connection once tcp_proxy has passed the call on (Envoy's router then sees the end of
     /// the call; a reset before the next request was written is retried by the route).
     close_after_forward: bool,
+    /// Body bytes of the current request still to pass through to the server as they arrive
+    /// (large requests are not held whole, see [`STREAM_MIN`]).
+    passing: usize,
 }
+
+/// Bodies larger than this pass through as they arrive when nothing needs the whole frame (no
+/// mutation, not a one-way call), so a large call never holds its whole request in the VM.
+pub const STREAM_MIN: usize = 64 << 10;
 
 /// Most bytes of queued heartbeat replies; an idle connection gets no more than this many.
 const MAX_QUEUED_HEARTBEAT_REPLIES: usize = 4096;
@@ -79,6 +86,7 @@ impl<C: Codec> Back<C> {
             acknowledged_oneways: VecDeque::new(),
             heartbeat_replies: Vec::new(),
             close_after_forward: false,
+            passing: 0,
         }
     }
 
@@ -123,11 +131,38 @@ impl<C: Codec> Back<C> {
             }
         }
         let src: &[u8] = if held { partial.as_slice() } else { data };
-        let mut out = std::mem::take(&mut self.heartbeat_replies);
+        // Replies to server heartbeats go out between frames, never inside a passing body.
+        let mut out = if self.passing == 0 {
+            std::mem::take(&mut self.heartbeat_replies)
+        } else {
+            Vec::new()
+        };
         let mut offset = 0usize;
         let result = loop {
             let max_body = self.config.limits.max_frame_bytes;
             let rest = src.get(offset..).unwrap_or(&[]);
+            if self.passing > 0 {
+                let n = self.passing.min(rest.len());
+                out.extend_from_slice(rest.get(..n).unwrap_or(&[]));
+                offset = offset.saturating_add(n);
+                self.passing = self.passing.saturating_sub(n);
+                if self.passing > 0 {
+                    break Ok(());
+                }
+                continue;
+            }
+            if rest.is_empty() {
+                break Ok(());
+            }
+            if let Some(head) = self.streamable_head(rest) {
+                self.awaiting.push_back(Awaiting::Response {
+                    id: head.header(RID_HEADER).and_then(|v| v.parse().ok()),
+                    method: head.header("method").map(str::to_owned),
+                });
+                offset = offset.saturating_add(head.len);
+                self.passing = head.body_len.unwrap_or(0);
+                continue;
+            }
             let parsed = match http1::parse_request(rest, max_body) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
@@ -160,6 +195,18 @@ impl<C: Codec> Back<C> {
         }
         self.request_partial = partial;
         result.map(|()| out)
+    }
+
+    /// The head of a large, incomplete request whose body can pass through unchanged: a
+    /// two-way call without mutation, within the frame limit.
+    fn streamable_head(&self, rest: &[u8]) -> Option<http1::Head> {
+        let head = http1::request_head(rest).ok()??;
+        let body = head.body_len?;
+        let complete = rest.len() >= head.len.saturating_add(body);
+        let plain = head.header(KIND_HEADER) == Some(MessageKind::Request.as_str())
+            && head.header(bridge::MUTATION_HEADER).is_none();
+        (body > STREAM_MIN && body <= self.config.limits.max_frame_bytes && !complete && plain)
+            .then_some(head)
     }
 
     fn forward(

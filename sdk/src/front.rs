@@ -80,6 +80,9 @@ pub struct Front<C: Codec> {
     in_flight: VecDeque<InFlight>,
     /// HCM bytes not yet forming a complete HTTP response.
     response_partial: HeldBytes,
+    /// Body bytes of the current answer still to pass through to the client as they arrive
+    /// (large answers are not held whole).
+    passing: usize,
     next_seq: u64,
     /// Secret of this connection in every request's sequence header (see [`http1::write_request`]).
     token: u64,
@@ -101,6 +104,7 @@ impl<C: Codec> Front<C> {
             response_partial: HeldBytes::new(Rc::clone(&shared)),
             shared,
             stopped_at_limit: false,
+            passing: 0,
             handed: VecDeque::new(),
             in_flight: VecDeque::new(),
             next_seq: 1,
@@ -507,6 +511,41 @@ impl<C: Codec> Front<C> {
         let mut offset = 0usize;
         let result = loop {
             let rest = src.get(offset..).unwrap_or(&[]);
+            if self.passing > 0 {
+                let n = self.passing.min(rest.len());
+                out.extend_from_slice(rest.get(..n).unwrap_or(&[]));
+                offset = offset.saturating_add(n);
+                self.passing = self.passing.saturating_sub(n);
+                if self.passing > 0 {
+                    break Ok(());
+                }
+                continue;
+            }
+            if rest.is_empty() {
+                break Ok(());
+            }
+            if let Some(head) = self.streamable_answer(rest, max_body) {
+                let Some(request) = self.in_flight.pop_front() else {
+                    break Err(Fatal("an answer without a request".into()));
+                };
+                while self.handed.front().is_some_and(|h| h.seq <= request.seq) {
+                    self.handed.pop_front();
+                }
+                self.passing = head.body_len.unwrap_or(0);
+                offset = offset.saturating_add(head.len);
+                let parsed = http1::Parsed {
+                    status: head.status,
+                    path: String::new(),
+                    headers: head.headers,
+                    body: Vec::new(),
+                    len: head.len,
+                };
+                // The server's frame, unchanged: counted now, its bytes passed on as they come.
+                if let Err(e) = self.answer(request, &parsed, now_ns, &mut out, sink) {
+                    break Err(e);
+                }
+                continue;
+            }
             let parsed = match http1::parse_response(rest, max_body) {
                 Ok(Some(p)) => p,
                 Ok(None) => break Ok(()),
@@ -541,6 +580,24 @@ impl<C: Codec> Front<C> {
         }
         self.response_partial = partial;
         result.map(|()| out)
+    }
+
+    /// The head of a large, incomplete answer relaying a server frame unchanged (no response
+    /// mutation) to a two-way call.
+    fn streamable_answer(&self, rest: &[u8], max_body: usize) -> Option<http1::Head> {
+        let request = self.in_flight.front()?;
+        if request.local.is_some() || request.message.kind != MessageKind::Request {
+            return None;
+        }
+        let head = http1::response_head(rest).ok()??;
+        let body = head.body_len?;
+        let complete = rest.len() >= head.len.saturating_add(body);
+        let relayed = head.status == 200
+            && head
+                .header(RESPONSE_HEADER)
+                .is_some_and(|k| k != bridge::ONEWAY_ACK)
+            && head.header(bridge::MUTATION_HEADER).is_none();
+        (relayed && body > crate::back::STREAM_MIN && body <= max_body && !complete).then_some(head)
     }
 
     fn answer(
@@ -702,6 +759,7 @@ impl<C: Codec> Front<C> {
         self.backlog.clear();
         self.response_partial.clear();
         self.stopped_at_limit = false;
+        self.passing = 0;
     }
 }
 

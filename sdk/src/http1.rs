@@ -60,6 +60,76 @@ impl std::fmt::Display for HttpError {
     }
 }
 
+/// A message head whose body may not have arrived yet (for passing large bodies through
+/// as they arrive instead of holding them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Response status (0 for requests).
+    pub status: u16,
+    /// Headers in wire order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Bytes of the head, blank line included.
+    pub len: usize,
+    /// The `content-length`, or `None` for a chunked or unframed body.
+    pub body_len: Option<usize>,
+}
+
+impl Head {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn head(headers: Vec<(String, String)>, status: u16, len: usize) -> Head {
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let chunked = find("transfer-encoding").is_some();
+    let body_len = match find("content-length") {
+        _ if chunked => None,
+        Some(v) => v.trim().parse::<usize>().ok(),
+        None => Some(0),
+    };
+    Head {
+        status,
+        headers,
+        len,
+        body_len,
+    }
+}
+
+/// The head of the request at the start of `buf`; `Ok(None)` when it is incomplete.
+pub fn request_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(head(owned_headers(req.headers)?, 0, n))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HttpError::Malformed(format!("bad request head: {e}"))),
+    }
+}
+
+/// The head of the response at the start of `buf`; `Ok(None)` when it is incomplete.
+pub fn response_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            let status = resp.code.unwrap_or(0);
+            Ok(Some(head(owned_headers(resp.headers)?, status, n)))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(HttpError::Malformed(format!("bad response head: {e}"))),
+    }
+}
+
 /// Parse one request at the start of `buf`; `Ok(None)` when more bytes are needed.
 pub fn parse_request(buf: &[u8], max_body: usize) -> Result<Option<Parsed>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

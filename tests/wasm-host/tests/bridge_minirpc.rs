@@ -1354,3 +1354,58 @@ fn metrics_after_a_few_requests() {
     ok(h.downstream_close(c2));
     assert_eq!(h.gauge(&stat("meltemi_active_requests", &[P])), Some(0));
 }
+
+#[test]
+fn large_bodies_pass_through_as_they_arrive_instead_of_being_held() {
+    // A 300 kB call: the back passes the request body to the server as the router sends it,
+    // and the front passes the server's answer to the client as HCM writes it, so neither
+    // holds a whole large frame in the VM.
+    let payload = vec![b'L'; 300_000];
+    let req = request(1, "echo", &payload);
+    let mut f = front();
+    let fc = ok(f.new_connection());
+    send(&mut f, fc, &req);
+    let parsed = hcm_consume(&mut f, fc, 1).remove(0);
+    let routed = router_request(&parsed, &[]);
+
+    let mut b = back();
+    let bc = ok(b.new_connection());
+    let cut = routed.len() / 3;
+    send(&mut b, bc, &routed[..cut]);
+    let first = tcp_proxy_take(&mut b, bc);
+    assert!(
+        !first.is_empty() && req.starts_with(&first),
+        "the first part of the frame goes out before the rest arrived ({} bytes)",
+        first.len()
+    );
+    send(&mut b, bc, &routed[cut..]);
+    let rest = tcp_proxy_take(&mut b, bc);
+    assert_eq!(
+        [first, rest].concat(),
+        req,
+        "the whole frame, byte for byte"
+    );
+
+    let answer = frame(RESPONSE, 1, &[], &payload);
+    let http = relayed("response", 1, &answer);
+    let cut = http.len() / 2;
+    let first = write(&mut f, fc, &http[..cut]);
+    assert!(
+        !first.is_empty() && answer.starts_with(&first),
+        "the client gets the start of the answer early"
+    );
+    let rest = write(&mut f, fc, &http[cut..]);
+    assert_eq!([first, rest].concat(), answer);
+    let ok_ = [
+        P,
+        ("service", "demo"),
+        ("method", "echo"),
+        ("outcome", "success"),
+    ];
+    assert_eq!(counter(&f, "meltemi_responses_total", &ok_), 1);
+    assert_eq!(f.gauge(&stat("meltemi_active_requests", &[P])), Some(0));
+    // The connection goes on with the next, small call.
+    let small = request(2, "echo", b"s");
+    send(&mut f, fc, &small);
+    assert_eq!(&rb(&f, fc)[..], &demo_request(2, 2, "echo", &small)[..]);
+}
