@@ -53,6 +53,7 @@
     not(test),
     deny(
         clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
@@ -221,19 +222,23 @@ impl ThriftCodec {
         let (len, head, first_field, header_seqid) = match transport {
             Transport::Framed => {
                 let body_len = transport::framed_len(buf)?;
+                // body_len <= MAX_FRAME (2^30 - 1), so this fits a 32-bit usize (wasm32).
+                let total = body_len.checked_add(4).ok_or_else(|| {
+                    DecodeError::Malformed(format!("thrift frame size {body_len} overflows"))
+                })?;
                 let avail = buf.get(4..).unwrap_or_default();
                 let Some(body) = avail.get(..body_len) else {
                     // Fail fast on garbage: check the message header as far as it has arrived.
                     let proto = self.body_protocol(avail)?;
                     read_head(&mut Cursor::open(avail), proto)?;
                     // Nothing else can be checked before the whole frame is here.
-                    self.progress.frame_len = Some(4 + body_len);
+                    self.progress.frame_len = Some(total);
                     return Err(DecodeError::Incomplete);
                 };
                 let mut cur = Cursor::bounded(body);
                 let head = read_head(&mut cur, self.body_protocol(body)?)?;
                 let first = reply_first_field(&mut cur, &head)?;
-                (4 + body_len, head, first, None)
+                (total, head, first, None)
             }
             Transport::Unframed => {
                 let max_depth = self.max_depth();
