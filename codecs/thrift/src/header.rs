@@ -99,9 +99,8 @@ pub(crate) fn parse(buf: &[u8]) -> Res<HeaderFrame<'_>> {
         .checked_add(header_size)
         .and_then(|at| frame.get(at..))
         .unwrap_or_default();
-    if payload.is_empty() {
-        return malformed("thrift header transport frame has no message");
-    }
+    // An empty payload is a valid frame that carries no message: the caller decides (see
+    // `ThriftCodec::decode`, which treats it as a keep-alive).
 
     let mut h = Cursor::bounded(header);
     let protocol_id = h.varint32("header transport protocol id")?;

@@ -27,6 +27,8 @@
 //! CALL → Request, ONEWAY → OneWay, EXCEPTION (TApplicationException) → Exception, REPLY →
 //! Response unless the result struct's first field is not field 0 (the success slot), which is
 //! a declared exception → Exception. An empty result struct (a `void` method) is a Response.
+//! A THeader frame without a message (C++ clients send one when they close) is a Heartbeat
+//! with `message_type` `empty_frame`, answered with nothing.
 //!
 //! # Resumable decoding
 //! An unframed message has no length: its end is found by skipping its whole body, and until
@@ -88,6 +90,37 @@ use message::{MessageHead, MessageType};
 struct ReplyContext {
     protocol: Protocol,
     header_seqid: Option<i32>,
+}
+
+/// An empty THeader frame (header, no message) as a message of its own: a
+/// [`MessageKind::Heartbeat`] that nothing answers.
+///
+/// The C++ `THeaderTransport` (libthriftz) writes such a frame whenever it is flushed with
+/// nothing buffered, and `close()` always flushes: every C++ THeader client ends its connection
+/// with one (bytes `0000000e 0fff 0000 <seqid> 0001 02000000`, captured from libthrift 0.17).
+/// It is not corrupt, so it must not close the connection or count as a decode error, and it
+/// must be consumed so that a frame after it (a flush in the middle of a connection) is not
+/// held back. The framework answers a heartbeat locally without reaching a server, and writes
+/// nothing to the client because the codec has no heartbeat reply: the C++ client expects no
+/// answer to an empty frame.
+fn empty_header_frame(frame: &header::HeaderFrame<'_>) -> Message {
+    let protocol = match frame.protocol_id {
+        2 => Protocol::Compact,
+        _ => Protocol::Binary { strict: true },
+    };
+    let mut metadata = Metadata::new();
+    metadata.push("message_type", "empty_frame");
+    Message {
+        len: frame.total_len,
+        kind: MessageKind::Heartbeat,
+        request_id: u64::from(frame.seqid as u32),
+        metadata,
+        context: ReplyContext {
+            protocol,
+            header_seqid: Some(frame.seqid),
+        }
+        .pack(),
+    }
 }
 
 impl ReplyContext {
@@ -265,6 +298,9 @@ impl ThriftCodec {
                     return Err(DecodeError::Incomplete);
                 }
                 let frame = header::parse(buf)?;
+                if frame.payload.is_empty() {
+                    return Ok(empty_header_frame(&frame));
+                }
                 let proto = match frame.protocol_id {
                     2 => Protocol::Compact,
                     _ => Protocol::Binary { strict: true },

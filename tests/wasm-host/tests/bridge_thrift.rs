@@ -33,9 +33,9 @@ use meltemi_sdk::{Codec, MessageKind};
 use meltemi_thrift::ThriftCodec;
 use meltemi_wasm_host::abi::log_level;
 use meltemi_wasm_host::envoy_emulation::{
-    back_response, bridged_request, counter, hcm_consume, http_response, ok, parse_all,
-    parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write, DECODE_ERRORS,
-    EXTREME_LENGTHS, ONEWAY_ACK,
+    back_response, bridged_request, counter, hcm_consume, http_response, local_request, ok,
+    parse_all, parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write,
+    DECODE_ERRORS, EXTREME_LENGTHS, ONEWAY_ACK,
 };
 use meltemi_wasm_host::rng::Rng;
 use meltemi_wasm_host::{build_wasm, ConnId, Host, Module};
@@ -1031,6 +1031,56 @@ fn length_fields_near_u32_max_never_trap_the_vm_and_healthy_clients_go_on() {
             assert_eq!(parse_response_body(&http), answer, "{}", v.stem);
             assert!(!b.closed(good));
         }
+    }
+}
+
+/// The C++ THeader client (libthriftz 0.17) ends its connection with an empty THeader frame
+/// (`THeaderTransport::close` flushes even with nothing buffered; captured by
+/// `tests/peers/thrift/cpp_header_client.cpp`). It is a heartbeat answered with nothing: no
+/// decode error, the connection stays open, the call before it is bridged as usual.
+#[test]
+fn the_cpp_theader_clients_empty_frame_at_close_is_no_decode_error() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../codecs/thrift/tests/vectors/cpp_header_compact_close.bin");
+    let stream = std::fs::read(&path).unwrap();
+    let call_len = 4 + u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+    let call = &stream[..call_len];
+    assert_eq!(
+        stream.len() - call_len,
+        18,
+        "the empty frame follows the call"
+    );
+    for config in [
+        FRONT,
+        r#"{"role":"front","service":"echo","codec":{"transport":"header"}}"#,
+    ] {
+        let mut h = host(config);
+        let c = ok(h.new_connection());
+        send(&mut h, c, &stream);
+        let (_, md) = frame_metadata(call, Tr::Header);
+        let want = [
+            front_request(1, "request", 1, &md, call),
+            local_request(2, "heartbeat"),
+        ];
+        assert_eq!(rb(&h, c), want.concat(), "{config}");
+        assert!(!h.closed(c));
+        assert_eq!(counter(&h, DECODE_ERRORS, &[P, ("role", "front")]), 0);
+        hcm_consume(&mut h, c, 2);
+        let answer = [0u8; 4];
+        let relayed = http_response(
+            "200 OK",
+            &[("x-meltemi-response", "response"), ("x-meltemi-rid", "1")],
+            &answer,
+        );
+        // The call's answer reaches the client; the empty frame's local answer does not.
+        let out = write(&mut h, c, &relayed);
+        assert_eq!(out, answer);
+        let out = write(&mut h, c, &http_response("200 OK", &[], b""));
+        assert_eq!(out, b"", "nothing answers the empty frame");
+        assert!(!h.closed(c));
+        // The client closes right after it: nothing is left in flight, nothing counted.
+        ok(h.downstream_close(c));
+        assert_eq!(counter(&h, DECODE_ERRORS, &[P, ("role", "front")]), 0);
     }
 }
 
