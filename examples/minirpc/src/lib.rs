@@ -13,7 +13,11 @@
 //! payload     the rest
 //! ```
 //! Requests carry `service` and `method` headers; an error frame carries an `error` header.
-
+//!
+//! ---
+//!
+//! The codec authoring guide (`README.md`) follows; its Rust snippets run as doctests.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 // A panic traps the wasm VM for every connection of the worker: keep panicking constructs out of
 // the codec itself (tests may use them).
