@@ -8,23 +8,15 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use meltemi_e2e::thrift_peer;
+use meltemi_e2e::thrift_peer::{self, peers_dir, python};
 use meltemi_e2e::workspace;
 
 use meltemi_sdk::{Codec, ErrorKind, Message, MessageKind};
 use meltemi_thrift::{Config, ThriftCodec};
-
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/thrift")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
 
 fn peers_available() -> bool {
     thrift_peer::peers_available()
