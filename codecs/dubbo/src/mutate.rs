@@ -16,11 +16,8 @@ pub fn rewrite(body: &[u8], att: &Attachments, mutation: &Metadata) -> Result<Ve
     let mut replaced: Vec<Option<&str>> = vec![None; att.entries.len()];
     let mut appended: Vec<(&str, &str)> = Vec::new();
     for (k, v) in mutation.iter() {
-        let existing = att.entries.iter().zip(replaced.iter_mut());
-        if let Some((a, slot)) = existing
-            .into_iter()
-            .find(|(a, _)| a.key.as_deref() == Some(k))
-        {
+        let mut existing = att.entries.iter().zip(replaced.iter_mut());
+        if let Some((a, slot)) = existing.find(|(a, _)| a.key.as_deref() == Some(k)) {
             if !a.replaceable {
                 return Err(CodecError::unsupported(format!(
                     "attachment {k:?} holds a structured value; not replaced"
