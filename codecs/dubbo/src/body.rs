@@ -119,32 +119,34 @@ fn read_attachments(r: &mut Reader<'_>, optional: bool) -> Result<Attachments, H
 /// Number of parameters in a JVM method descriptor's parameter list (`Ljava/lang/String;[IJ`
 /// is three). Dots are accepted in class names too (some clients write them).
 pub fn count_parameters(desc: &str) -> Result<usize, String> {
-    let b = desc.as_bytes();
-    let mut i = 0;
-    let mut n = 0;
-    while i < b.len() {
-        while b.get(i) == Some(&b'[') {
-            i += 1;
-        }
-        match b.get(i) {
-            Some(b'V' | b'Z' | b'B' | b'C' | b'D' | b'F' | b'I' | b'J' | b'S') => i += 1,
-            Some(b'L') => match b[i..].iter().position(|&c| c == b';') {
-                Some(semi) if semi > 1 => i += semi + 1,
+    let mut rest = desc.as_bytes();
+    let mut n: usize = 0;
+    while !rest.is_empty() {
+        let dims = rest.iter().take_while(|&&c| c == b'[').count();
+        rest = rest.get(dims..).unwrap_or_default();
+        let (first, after) = rest
+            .split_first()
+            .ok_or_else(|| format!("parameter types {desc:?}: '[' without element type"))?;
+        rest = match first {
+            b'V' | b'Z' | b'B' | b'C' | b'D' | b'F' | b'I' | b'J' | b'S' => after,
+            b'L' => match after.iter().position(|&c| c == b';') {
+                // `semi` bytes of class name, then the ';'.
+                Some(semi) if semi > 0 => after
+                    .get(semi..)
+                    .and_then(|r| r.get(1..))
+                    .unwrap_or_default(),
                 _ => return Err(format!("parameter types {desc:?}: class name without ';'")),
             },
-            Some(&c) => {
+            &c => {
+                let at = desc.len().saturating_sub(rest.len());
                 return Err(format!(
-                    "parameter types {desc:?}: invalid descriptor character {:?} at {i}",
+                    "parameter types {desc:?}: invalid descriptor character {:?} at {at}",
                     char::from(c)
-                ))
+                ));
             }
-            None => {
-                return Err(format!(
-                    "parameter types {desc:?}: '[' without element type"
-                ))
-            }
-        }
-        n += 1;
+        };
+        // At most one parameter per byte of `desc`: cannot saturate.
+        n = n.saturating_add(1);
     }
     Ok(n)
 }

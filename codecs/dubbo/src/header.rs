@@ -75,9 +75,11 @@ impl Header {
     pub fn is_event(&self) -> bool {
         self.flags & FLAG_EVENT != 0
     }
-    /// Whole frame length.
+    /// Whole frame length. [`Header::parse`] bounds `body_len` by `i32::MAX`, so this fits a
+    /// 32-bit `usize` (wasm32); a hand-built header announcing more saturates, and
+    /// `buf.get(HEADER_LEN..frame_len)` then simply finds too few bytes instead of panicking.
     pub fn frame_len(&self) -> usize {
-        HEADER_LEN + self.body_len
+        HEADER_LEN.saturating_add(self.body_len)
     }
 
     /// Parses the header at the start of `buf`: `Ok(None)` while fewer than 16 bytes are
@@ -91,21 +93,19 @@ impl Header {
                 )));
             }
         }
-        let Some(h) = buf.get(..HEADER_LEN) else {
+        let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
-        let flags = h[2];
+        let [_, _, flags, status, id @ .., l0, l1, l2, l3] = *h;
         let serialization = flags & SERIALIZATION_MASK;
         if serialization != HESSIAN2 {
             return Err(CodecError::malformed(format!(
                 "serialization id {serialization} not supported, only hessian2 ({HESSIAN2})"
             )));
         }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&h[4..12]);
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&h[12..16]);
-        let body_len = u32::from_be_bytes(len) as usize;
+        // A u32 always fits the usize of the 32- and 64-bit targets this runs on; if it did not,
+        // the length is refused below like any other oversize one.
+        let body_len = usize::try_from(u32::from_be_bytes([l0, l1, l2, l3])).unwrap_or(usize::MAX);
         // Java reads the length as a signed int: anything past i32::MAX is corrupt whatever
         // the configured limit.
         if body_len > max_body || body_len > i32::MAX as usize {
@@ -115,7 +115,7 @@ impl Header {
         }
         Ok(Some(Header {
             flags,
-            status: h[3],
+            status,
             request_id: u64::from_be_bytes(id),
             body_len,
         }))
@@ -127,6 +127,9 @@ impl Header {
         out.push(self.flags);
         out.push(self.status);
         out.extend_from_slice(&self.request_id.to_be_bytes());
-        out.extend_from_slice(&(self.body_len as u32).to_be_bytes());
+        // Callers keep bodies within i32::MAX; should one not, announce a length every reader
+        // refuses rather than a truncated one that would cut the stream in the wrong place.
+        let len = u32::try_from(self.body_len).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
     }
 }

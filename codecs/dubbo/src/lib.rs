@@ -13,6 +13,22 @@
 //! (request invocation and response result layouts), [`mutate`] (attachment rewriting),
 //! [`reply`] (frames the codec builds), [`config`].
 
+#![forbid(unsafe_code)]
+// A panic traps the wasm VM for every connection of the worker: keep panicking constructs out of
+// the codec itself (tests may use them).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
+
 pub mod body;
 pub mod config;
 pub mod header;
@@ -155,7 +171,7 @@ impl Codec for DubboCodec {
                 self.config.max_body_bytes
             )));
         }
-        out.reserve(HEADER_LEN + new_body.len());
+        out.reserve(HEADER_LEN.saturating_add(new_body.len()));
         Header {
             body_len: new_body.len(),
             ..h

@@ -16,13 +16,14 @@ pub fn rewrite(body: &[u8], att: &Attachments, mutation: &Metadata) -> Result<Ve
     let mut replaced: Vec<Option<&str>> = vec![None; att.entries.len()];
     let mut appended: Vec<(&str, &str)> = Vec::new();
     for (k, v) in mutation.iter() {
-        if let Some(i) = att.entries.iter().position(|a| a.key.as_deref() == Some(k)) {
-            if !att.entries[i].replaceable {
+        let mut existing = att.entries.iter().zip(replaced.iter_mut());
+        if let Some((a, slot)) = existing.find(|(a, _)| a.key.as_deref() == Some(k)) {
+            if !a.replaceable {
                 return Err(CodecError::unsupported(format!(
                     "attachment {k:?} holds a structured value; not replaced"
                 )));
             }
-            replaced[i] = Some(v);
+            *slot = Some(v);
         } else if let Some(e) = appended.iter_mut().find(|(ak, _)| *ak == k) {
             e.1 = v;
         } else {
@@ -34,7 +35,13 @@ pub fn rewrite(body: &[u8], att: &Attachments, mutation: &Metadata) -> Result<Ve
         body.get(r)
             .ok_or_else(|| CodecError::malformed("attachment offsets outside the body"))
     };
-    let mut out = Vec::with_capacity(body.len() + mutation.byte_len() + 8 * mutation.len() + 2);
+    // A guess only (each written string has a few bytes of tag and length): saturating is fine.
+    let mut out = Vec::with_capacity(
+        body.len()
+            .saturating_add(mutation.byte_len())
+            .saturating_add(mutation.len().saturating_mul(8))
+            .saturating_add(2),
+    );
     out.extend_from_slice(slice(0..att.span.start)?);
     let mut pos = att.span.start;
     match att.close {

@@ -51,7 +51,7 @@ fn default_message(kind: ErrorKind) -> &'static str {
 }
 
 fn frame(flags: u8, status: u8, request_id: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    let mut out = Vec::with_capacity(HEADER_LEN.saturating_add(body.len()));
     Header {
         flags,
         status,
@@ -70,7 +70,7 @@ pub fn error_reply(request_id: u64, kind: ErrorKind, detail: &str) -> Vec<u8> {
     } else {
         detail
     };
-    let mut body = Vec::with_capacity(msg.len() + 3);
+    let mut body = Vec::with_capacity(msg.len().saturating_add(3));
     write_string(&mut body, msg);
     frame(HESSIAN2, status_for(kind), request_id, &body)
 }

@@ -64,7 +64,8 @@ pub(crate) fn read_message_begin<'a>(cur: &mut Cursor<'a>) -> Res<MessageHead<'a
 
 /// Zigzag-decode a 64-bit varint value.
 fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
+    // `-(v & 1)` is 0 or -1: the negation cannot overflow.
+    ((v >> 1) as i64) ^ ((v & 1) as i64).wrapping_neg()
 }
 
 /// A field header: `None` at STOP; otherwise type, id, and whether the value is already read

@@ -141,7 +141,8 @@ impl<'a> Cursor<'a> {
     pub(crate) fn u8(&mut self, what: &str) -> Res<u8> {
         let b = self.peek(what)?;
         count(1);
-        self.pos += 1;
+        // `peek` found a byte at `pos`, so `pos + 1 <= len`: cannot saturate.
+        self.pos = self.pos.saturating_add(1);
         Ok(b)
     }
 
@@ -174,7 +175,8 @@ impl<'a> Cursor<'a> {
         let mut value: u64 = 0;
         for i in 0..max_bytes {
             let b = self.u8(what)?;
-            let shift = 7 * i as u32;
+            // i < max_bytes (at most 10): the product is at most 63 + 7.
+            let shift = u32::try_from(i).unwrap_or(u32::MAX).saturating_mul(7);
             if shift < 64 {
                 value |= u64::from(b & 0x7f) << shift;
             }

@@ -73,7 +73,9 @@ pub(crate) fn frame_total(buf: &[u8]) -> Res<usize> {
     if magic != MAGIC {
         return malformed(format!("invalid thrift header transport magic {magic:04x}"));
     }
-    Ok(len + 4)
+    // len <= MAX_FRAME (2^30 - 1): adding the length field fits even a 32-bit usize.
+    len.checked_add(4)
+        .ok_or_else(|| DecodeError::Malformed(format!("thrift header frame size {len} overflows")))
 }
 
 /// Parse the THeader frame at the start of `buf`. The fixed fields are validated as soon as
@@ -93,10 +95,12 @@ pub(crate) fn parse(buf: &[u8]) -> Res<HeaderFrame<'_>> {
         return malformed("no header data");
     }
     let header = cur.bytes(header_size, "header transport header")?;
-    let payload = frame.get(FIXED + header_size..).unwrap_or_default();
-    if payload.is_empty() {
-        return malformed("thrift header transport frame has no message");
-    }
+    let payload = FIXED
+        .checked_add(header_size)
+        .and_then(|at| frame.get(at..))
+        .unwrap_or_default();
+    // An empty payload is a valid frame that carries no message: the caller decides (see
+    // `ThriftCodec::decode`, which treats it as a keep-alive).
 
     let mut h = Cursor::bounded(header);
     let protocol_id = h.varint32("header transport protocol id")?;
@@ -177,25 +181,35 @@ fn write_frame(
     header: &[u8],
     payload: &[u8],
 ) -> Result<(), CodecError> {
-    let padded = header.len().div_ceil(4) * 4;
-    let words = u16::try_from(padded / 4).map_err(|_| {
-        CodecError::unsupported(format!("THeader header of {padded} bytes exceeds 262140"))
+    let too_big = || CodecError::unsupported("THeader frame is too large");
+    let words = u16::try_from(header.len().div_ceil(4)).map_err(|_| {
+        CodecError::unsupported(format!(
+            "THeader header of {} bytes exceeds 262140",
+            header.len()
+        ))
     })?;
-    let len = FIXED + padded + payload.len();
+    // At most 65535 * 4: no overflow, and never below `header.len()`.
+    let padded = usize::from(words).saturating_mul(4);
+    let len = FIXED
+        .checked_add(padded)
+        .and_then(|n| n.checked_add(payload.len()))
+        .ok_or_else(too_big)?;
     if len > MAX_FRAME {
         return Err(CodecError::unsupported(format!(
             "THeader frame of {len} bytes is too large"
         )));
     }
-    out.reserve(4 + len);
-    out.extend_from_slice(&(len as u32).to_be_bytes());
+    let len32 = u32::try_from(len).map_err(|_| too_big())?;
+    out.reserve(len.saturating_add(4));
+    out.extend_from_slice(&len32.to_be_bytes());
     out.extend_from_slice(&MAGIC.to_be_bytes());
     // Flags: none of the optional features (out-of-order, ...) are claimed by a reply.
     out.extend_from_slice(&0u16.to_be_bytes());
     out.extend_from_slice(&seqid.to_be_bytes());
     out.extend_from_slice(&words.to_be_bytes());
     out.extend_from_slice(header);
-    out.resize(out.len() + padded - header.len(), 0);
+    let padding = padded.saturating_sub(header.len());
+    out.resize(out.len().saturating_add(padding), 0);
     out.extend_from_slice(payload);
     Ok(())
 }

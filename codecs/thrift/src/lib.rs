@@ -29,6 +29,8 @@
 //! CALL → Request, ONEWAY → OneWay, EXCEPTION (TApplicationException) → Exception, REPLY →
 //! Response unless the result struct's first field is not field 0 (the success slot), which is
 //! a declared exception → Exception. An empty result struct (a `void` method) is a Response.
+//! A THeader frame without a message (C++ clients send one when they close) is a Heartbeat
+//! with `message_type` `empty_frame`, answered with nothing.
 //!
 //! # Resumable decoding
 //! An unframed message has no length: its end is found by skipping its whole body, and until
@@ -55,6 +57,7 @@
     not(test),
     deny(
         clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
         clippy::unwrap_used,
         clippy::expect_used,
         clippy::panic,
@@ -89,6 +92,37 @@ use message::{MessageHead, MessageType};
 struct ReplyContext {
     protocol: Protocol,
     header_seqid: Option<i32>,
+}
+
+/// An empty THeader frame (header, no message) as a message of its own: a
+/// [`MessageKind::Heartbeat`] that nothing answers.
+///
+/// The C++ `THeaderTransport` (libthriftz) writes such a frame whenever it is flushed with
+/// nothing buffered, and `close()` always flushes: every C++ THeader client ends its connection
+/// with one (bytes `0000000e 0fff 0000 <seqid> 0001 02000000`, captured from libthrift 0.17).
+/// It is not corrupt, so it must not close the connection or count as a decode error, and it
+/// must be consumed so that a frame after it (a flush in the middle of a connection) is not
+/// held back. The framework answers a heartbeat locally without reaching a server, and writes
+/// nothing to the client because the codec has no heartbeat reply: the C++ client expects no
+/// answer to an empty frame.
+fn empty_header_frame(frame: &header::HeaderFrame<'_>) -> Message {
+    let protocol = match frame.protocol_id {
+        2 => Protocol::Compact,
+        _ => Protocol::Binary { strict: true },
+    };
+    let mut metadata = Metadata::new();
+    metadata.push("message_type", "empty_frame");
+    Message {
+        len: frame.total_len,
+        kind: MessageKind::Heartbeat,
+        request_id: u64::from(frame.seqid as u32),
+        metadata,
+        context: ReplyContext {
+            protocol,
+            header_seqid: Some(frame.seqid),
+        }
+        .pack(),
+    }
 }
 
 impl ReplyContext {
@@ -223,19 +257,23 @@ impl ThriftCodec {
         let (len, head, first_field, header_seqid) = match transport {
             Transport::Framed => {
                 let body_len = transport::framed_len(buf)?;
+                // body_len <= MAX_FRAME (2^30 - 1), so this fits a 32-bit usize (wasm32).
+                let total = body_len.checked_add(4).ok_or_else(|| {
+                    DecodeError::Malformed(format!("thrift frame size {body_len} overflows"))
+                })?;
                 let avail = buf.get(4..).unwrap_or_default();
                 let Some(body) = avail.get(..body_len) else {
                     // Fail fast on garbage: check the message header as far as it has arrived.
                     let proto = self.body_protocol(avail)?;
                     read_head(&mut Cursor::open(avail), proto)?;
                     // Nothing else can be checked before the whole frame is here.
-                    self.progress.frame_len = Some(4 + body_len);
+                    self.progress.frame_len = Some(total);
                     return Err(DecodeError::Incomplete);
                 };
                 let mut cur = Cursor::bounded(body);
                 let head = read_head(&mut cur, self.body_protocol(body)?)?;
                 let first = reply_first_field(&mut cur, &head)?;
-                (4 + body_len, head, first, None)
+                (total, head, first, None)
             }
             Transport::Unframed => {
                 let max_depth = self.max_depth();
@@ -262,6 +300,9 @@ impl ThriftCodec {
                     return Err(DecodeError::Incomplete);
                 }
                 let frame = header::parse(buf)?;
+                if frame.payload.is_empty() {
+                    return Ok(empty_header_frame(&frame));
+                }
                 let proto = match frame.protocol_id {
                     2 => Protocol::Compact,
                     _ => Protocol::Binary { strict: true },

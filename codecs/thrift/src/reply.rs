@@ -58,7 +58,8 @@ fn truncate(s: &str) -> &str {
     }
     let mut end = MAX_DETAIL;
     while !s.is_char_boundary(end) {
-        end -= 1;
+        // Index 0 is always a char boundary, so the loop stops before 0 - 1.
+        end = end.saturating_sub(1);
     }
     s.get(..end).unwrap_or_default()
 }
@@ -72,7 +73,7 @@ pub(crate) fn app_exception_message(
     ty: i32,
 ) -> Vec<u8> {
     let message = truncate(message).as_bytes();
-    let mut out = Vec::with_capacity(32 + name.len() + message.len());
+    let mut out = Vec::with_capacity(name.len().saturating_add(message.len()).saturating_add(32));
     match proto {
         Protocol::Binary { strict } => {
             binary::write_message_begin(&mut out, name, MessageType::Exception, seqid, strict);
@@ -96,7 +97,7 @@ pub(crate) fn app_exception_message(
 
 /// A CALL message with an empty argument struct.
 pub(crate) fn empty_call(proto: Protocol, name: &[u8], seqid: i32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + name.len());
+    let mut out = Vec::with_capacity(name.len().saturating_add(16));
     match proto {
         Protocol::Binary { strict } => {
             binary::write_message_begin(&mut out, name, MessageType::Call, seqid, strict)
@@ -118,7 +119,7 @@ pub(crate) fn frame(
         Transport::Unframed => Some(msg),
         Transport::Framed => {
             let len = i32::try_from(msg.len()).ok()?;
-            let mut out = Vec::with_capacity(4 + msg.len());
+            let mut out = Vec::with_capacity(msg.len().saturating_add(4));
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&msg);
             Some(out)

@@ -78,7 +78,7 @@ pub(crate) fn detect(buf: &[u8]) -> Res<Transport> {
     let inner = Cursor::open(buf.get(4..).unwrap_or_default()).i32("name length")?;
     if inner >= 0
         && (inner as usize).saturating_add(9) <= len
-        && is_message_type(byte(buf, 8 + inner as usize)?)
+        && is_message_type(byte(buf, (inner as usize).saturating_add(8))?)
     {
         return Ok(Transport::Framed);
     }
@@ -88,7 +88,8 @@ pub(crate) fn detect(buf: &[u8]) -> Res<Transport> {
             "not a thrift stream: first word {len:#x} is neither a frame nor a name length"
         ));
     }
-    if is_message_type(byte(buf, 4 + len)?) {
+    // len <= MAX_NAME_LEN here.
+    if is_message_type(byte(buf, len.saturating_add(4))?) {
         return Ok(Transport::Unframed);
     }
     malformed("not a thrift stream: no message header found in the first bytes")

@@ -2,40 +2,24 @@
 //! probe is answered by real servers, and real clients accept the codec's error replies.
 //!
 //! Skipped (with a note) when the peers are not installed, unless `MELTEMI_REQUIRE_PEERS=1`,
-//! which turns a missing peer into a failure (CI sets it after running install.sh).
+//! which turns a missing peer into a failure (CI sets it after running install.sh): the rule,
+//! the ports (below the ephemeral range) and readiness polling are the e2e crate's
+//! (`meltemi_e2e::workspace`), shared by every suite.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use meltemi_e2e::thrift_peer::{self, peers_dir, python};
+use meltemi_e2e::workspace;
 
 use meltemi_sdk::{Codec, ErrorKind, Message, MessageKind};
 use meltemi_thrift::{Config, ThriftCodec};
 
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/thrift")
-}
-
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
 fn peers_available() -> bool {
-    let ok = peers_dir().join("gen-py/echo/Echo.py").exists()
-        && Command::new(python())
-            .args(["-c", "import thrift, thriftpy2"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("MELTEMI_REQUIRE_PEERS").is_err(),
-            "Thrift peers missing: run tests/peers/thrift/install.sh"
-        );
-        eprintln!("skipping: Thrift peers not installed (tests/peers/thrift/install.sh)");
-    }
-    ok
+    thrift_peer::peers_available()
 }
 
 struct Server(Child);
@@ -47,16 +31,8 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_server(imp: &str, transport: &str, protocol: &str, extra: &[&str]) -> (Server, u16) {
-    let port = free_port();
+    let port = workspace::free_port();
     let child = Command::new(python())
         .arg(peers_dir().join(format!("{imp}_server.py")))
         .args([
@@ -76,11 +52,9 @@ fn start_server(imp: &str, transport: &str, protocol: &str, extra: &[&str]) -> (
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{imp} server did not start");
-        std::thread::sleep(Duration::from_millis(50));
+    let mut server = Server(child);
+    if let Err(e) = workspace::wait_accepting(port, &mut server.0, Duration::from_secs(20)) {
+        panic!("{imp} server {e}");
     }
     (server, port)
 }
@@ -230,6 +204,51 @@ fn real_servers_answer_the_delivery_probe_with_unknown_method() {
     }
 }
 
+/// The Rust `thrift` crate's server (0.17, `tests/peers/thrift-rs`) answers the probe with
+/// UNKNOWN_METHOD but does not skip the unknown call's arguments, so it then reads them as the
+/// next message and closes the connection: a call pooled behind the probe on that connection
+/// fails (issue 8 item 7). Asserted so a change on either side is noticed.
+#[test]
+fn rust_thrift_server_answers_the_probe_then_closes() {
+    if !peers_available() {
+        return;
+    }
+    for (transport, protocol, stem) in [
+        ("framed", "binary", "py_framed_binary"),
+        ("framed", "compact", "py_framed_compact"),
+        ("buffered", "binary", "py_buffered_binary"),
+        ("buffered", "compact", "py_buffered_compact"),
+    ] {
+        let server = thrift_peer::Server::start_rust(transport, protocol, "rs");
+        let mut codec = ThriftCodec::new(&Config::default());
+        let (oneway, frame) = notify_frame(&mut codec, stem);
+        let probe = codec.delivery_probe(&oneway).unwrap();
+        let mut sock = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        sock.write_all(&frame).unwrap();
+        sock.write_all(&probe).unwrap();
+        let mut reader = ThriftCodec::new(&Config::default());
+        let (answer, bytes) = read_message(&mut sock, &mut reader)
+            .unwrap_or_else(|| panic!("{stem}: closed before answering the probe"));
+        assert_eq!(
+            (answer.kind, answer.request_id),
+            (MessageKind::Exception, oneway.request_id),
+            "{stem}"
+        );
+        assert!(has_app_exception_type(&bytes, 1), "{stem}: {bytes:02x?}");
+        // A two-way call written after the probe never gets an answer: the server closed.
+        let echo = vector(stem);
+        let mut first = ThriftCodec::new(&Config::default());
+        let m = first.decode(&echo).unwrap().unwrap();
+        let _ = sock.write_all(&echo[..m.len]);
+        let next = read_message(&mut sock, &mut ThriftCodec::new(&Config::default()));
+        assert!(
+            next.is_none(),
+            "{stem}: the server answered after the probe: {next:?}"
+        );
+        eprintln!("rust thrift {transport}/{protocol}: probe answered, then connection closed");
+    }
+}
+
 /// Observed behaviour, asserted so a peer upgrade that changes it is noticed: Apache Thrift's
 /// TMultiplexedProcessor closes the connection on an unknown *service* (so the probe must keep
 /// the one-way call's service prefix), thriftpy2's answers UNKNOWN_METHOD. Both answer
@@ -293,7 +312,7 @@ fn real_clients_accept_error_replies() {
             (ErrorKind::Timeout, 6),
             (ErrorKind::BadRequest, 7),
         ] {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let listener = workspace::listener();
             let port = listener.local_addr().unwrap().port();
             let client = Command::new(python())
                 .arg(peers_dir().join(format!("{imp}_client.py")))

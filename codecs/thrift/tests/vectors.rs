@@ -284,3 +284,60 @@ fn error_replies_and_probes_use_the_clients_framing() {
         }
     }
 }
+
+/// What the C++ THeader client (libthriftz 0.17, `tests/peers/thrift/cpp_header_client.cpp`)
+/// sends for one `echo("hello")` call and then `close()`: the call, then an empty THeader frame
+/// (header, no message), which `THeaderTransport::close` flushes. The empty frame is a
+/// heartbeat nothing answers, not a corrupt stream, for the auto-detecting codec and for one
+/// configured for THeader, and also when it comes first or between two calls.
+#[test]
+fn the_cpp_theader_clients_empty_frame_at_close_is_a_silent_heartbeat() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let stream = std::fs::read(dir.join("cpp_header_compact_close.bin")).unwrap();
+    let call_len = 4 + u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+    let (call, empty) = stream.split_at(call_len);
+    assert_eq!(empty.len(), 18, "the captured empty frame");
+    let header = Config {
+        transport: TransportConfig::Header,
+        ..Config::default()
+    };
+    for config in [Config::default(), header] {
+        for input in [
+            stream.clone(),
+            [empty, call].concat(),
+            [call, empty, call].concat(),
+        ] {
+            let mut codec = ThriftCodec::new(&config);
+            let messages = decode_all(&mut codec, &input);
+            let kinds: Vec<MessageKind> = messages.iter().map(|(m, _)| m.kind).collect();
+            for (m, bytes) in &messages {
+                if bytes[..] == *empty {
+                    assert_eq!(m.kind, MessageKind::Heartbeat);
+                    assert_eq!(m.metadata.get("message_type"), Some("empty_frame"));
+                    assert_eq!(m.request_id, 1, "the THeader seqid");
+                    assert_eq!(codec.heartbeat_reply(m), None, "nothing answers it");
+                } else {
+                    assert_eq!(bytes[..], *call);
+                    assert_eq!(m.kind, MessageKind::Request);
+                    assert_eq!(m.metadata.get("method"), Some("echo"));
+                }
+            }
+            assert_eq!(
+                kinds
+                    .iter()
+                    .filter(|k| **k == MessageKind::Heartbeat)
+                    .count(),
+                1,
+                "{kinds:?}"
+            );
+            // A prefix of the empty frame is awaited, never an error.
+            for cut in 0..empty.len() {
+                let mut fresh = ThriftCodec::new(&config);
+                let mut buf = call.to_vec();
+                buf.extend_from_slice(&empty[..cut]);
+                let first = fresh.decode(&buf).unwrap().unwrap();
+                assert_eq!(fresh.decode(&buf[first.len..]).unwrap(), None, "cut {cut}");
+            }
+        }
+    }
+}

@@ -13,6 +13,26 @@
 //! payload     the rest
 //! ```
 //! Requests carry `service` and `method` headers; an error frame carries an `error` header.
+//!
+//! ---
+//!
+//! The codec authoring guide (`README.md`) follows; its Rust snippets run as doctests.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+// A panic traps the wasm VM for every connection of the worker: keep panicking constructs out of
+// the codec itself (tests may use them).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo
+    )
+)]
 
 use meltemi_sdk::{Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
 use serde::Deserialize;
@@ -56,18 +76,15 @@ impl Codec for MiniRpc {
     }
 
     fn decode(&mut self, buf: &[u8]) -> Result<Option<Message>, CodecError> {
-        if buf.len() < FIXED {
-            // Reject garbage as early as possible instead of waiting for 16 bytes of it.
-            let n = buf.len().min(2);
-            if buf[..n] != MAGIC[..n] {
-                return Err(CodecError::malformed("bad magic"));
-            }
-            return Ok(None);
-        }
-        if buf[..2] != MAGIC {
+        // Reject garbage as early as possible instead of waiting for 16 bytes of it.
+        if !MAGIC.starts_with(buf.get(..2).unwrap_or(buf)) {
             return Err(CodecError::malformed("bad magic"));
         }
-        let kind = match buf[2] {
+        let Some(fixed) = buf.get(..FIXED) else {
+            return Ok(None);
+        };
+        let header = Header::parse(fixed)?;
+        let kind = match header.kind {
             kind::REQUEST => MessageKind::Request,
             kind::RESPONSE => MessageKind::Response,
             kind::ONEWAY => MessageKind::OneWay,
@@ -76,17 +93,16 @@ impl Codec for MiniRpc {
             kind::ERROR => MessageKind::Exception,
             other => return Err(CodecError::malformed(format!("unknown kind {other}"))),
         };
-        let request_id = u64::from_be_bytes(array(&buf[4..12]));
-        let body_len = u32::from_be_bytes(array(&buf[12..16])) as usize;
-        let len = FIXED + body_len;
-        if buf.len() < len {
+        let len = header.frame_len()?;
+        // `len > buf.len()` also covers frames larger than this platform can address.
+        let Some(body) = buf.get(FIXED..len) else {
             return Ok(None);
-        }
-        let (metadata, _payload_at) = read_headers(&buf[FIXED..len])?;
+        };
+        let (metadata, _payload_at) = read_headers(body)?;
         Ok(Some(Message {
             len,
             kind,
-            request_id,
+            request_id: header.id,
             metadata,
             context: 0,
         }))
@@ -106,9 +122,12 @@ impl Codec for MiniRpc {
         for (k, v) in mutation.iter() {
             headers.set(k, v);
         }
-        let kind = frame[2];
-        let id = u64::from_be_bytes(array(&frame[4..12]));
-        frame::write(out, kind, id, &headers, &body[payload_at..]).map_err(CodecError::unsupported)
+        let header = Header::parse(frame)?;
+        let payload = body
+            .get(payload_at..)
+            .ok_or_else(|| CodecError::malformed("header block past the frame"))?;
+        frame::write(out, header.kind, header.id, &headers, payload)
+            .map_err(CodecError::unsupported)
     }
 
     fn error_reply(&mut self, request: &Message, kind: ErrorKind, detail: &str) -> Option<Vec<u8>> {
@@ -152,6 +171,41 @@ impl Codec for MiniRpc {
     }
 }
 
+/// The fixed part of a frame, read without trusting any of it.
+struct Header {
+    kind: u8,
+    id: u64,
+    /// Bytes after the fixed part, as announced (not yet known to be there).
+    body_len: u32,
+}
+
+impl Header {
+    /// Reads the first [`FIXED`] bytes of `frame` (the magic is the caller's business).
+    fn parse(frame: &[u8]) -> Result<Header, CodecError> {
+        let short = || CodecError::malformed("short frame");
+        let kind = *frame.get(2).ok_or_else(short)?;
+        let id = u64::from_be_bytes(array(frame.get(4..12).ok_or_else(short)?)?);
+        let body_len = u32::from_be_bytes(array(frame.get(12..FIXED).ok_or_else(short)?)?);
+        Ok(Header { kind, id, body_len })
+    }
+
+    /// The whole frame length. The wire format caps a frame at `u32::MAX` bytes in total, so
+    /// the answer is the same on every platform; a header announcing more is corrupt. On
+    /// wasm32 (`usize` is 32 bits) `FIXED + body_len` would otherwise wrap around.
+    fn frame_len(&self) -> Result<usize, CodecError> {
+        u32::try_from(FIXED)
+            .ok()
+            .and_then(|fixed| self.body_len.checked_add(fixed))
+            .and_then(|len| usize::try_from(len).ok())
+            .ok_or_else(|| {
+                CodecError::malformed(format!(
+                    "frame length {} + {FIXED} exceeds the 4 GiB format limit",
+                    self.body_len
+                ))
+            })
+    }
+}
+
 /// Reads the header block at the start of `body`; returns the headers and where the payload starts.
 fn read_headers(body: &[u8]) -> Result<(Metadata, usize), CodecError> {
     let mut at = 0;
@@ -165,27 +219,34 @@ fn read_headers(body: &[u8]) -> Result<(Metadata, usize), CodecError> {
     Ok((headers, at))
 }
 
-fn read_u16(buf: &[u8], at: &mut usize) -> Result<u16, CodecError> {
+/// The `n` bytes at `*at`, advancing `*at`; `what` names the field in the error.
+fn take<'a>(buf: &'a [u8], at: &mut usize, n: usize, what: &str) -> Result<&'a [u8], CodecError> {
+    let end = at
+        .checked_add(n)
+        .ok_or_else(|| CodecError::malformed(format!("{what} truncated")))?;
     let bytes = buf
-        .get(*at..*at + 2)
-        .ok_or_else(|| CodecError::malformed("header block truncated"))?;
-    *at += 2;
-    Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
+        .get(*at..end)
+        .ok_or_else(|| CodecError::malformed(format!("{what} truncated")))?;
+    *at = end;
+    Ok(bytes)
+}
+
+fn read_u16(buf: &[u8], at: &mut usize) -> Result<u16, CodecError> {
+    let bytes = take(buf, at, 2, "header block")?;
+    Ok(u16::from_be_bytes(array(bytes)?))
 }
 
 fn read_str<'a>(buf: &'a [u8], at: &mut usize) -> Result<&'a str, CodecError> {
-    let len = read_u16(buf, at)? as usize;
-    let bytes = buf
-        .get(*at..*at + len)
-        .ok_or_else(|| CodecError::malformed("header truncated"))?;
-    *at += len;
+    let len = usize::from(read_u16(buf, at)?);
+    let bytes = take(buf, at, len, "header")?;
     std::str::from_utf8(bytes).map_err(|_| CodecError::malformed("header is not UTF-8"))
 }
 
-fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&bytes[..N]);
-    a
+/// `bytes` as an array: a length mismatch is an error, never a panic.
+fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], CodecError> {
+    bytes
+        .try_into()
+        .map_err(|_| CodecError::malformed(format!("expected {N} bytes, got {}", bytes.len())))
 }
 
 meltemi_sdk::export_codec!(MiniRpc);
@@ -222,6 +283,59 @@ mod tests {
     fn garbage_is_malformed_at_once() {
         assert!(MiniRpc.decode(b"GET / HTTP/1.1").is_err());
         assert!(MiniRpc.decode(b"X").is_err());
+    }
+
+    /// A frame header announcing `len` body bytes, followed by `extra` bytes of body.
+    fn header_announcing(len: u32, extra: usize) -> Vec<u8> {
+        let mut f = request(1, "m");
+        f.truncate(12);
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend(std::iter::repeat_n(0u8, extra));
+        f
+    }
+
+    #[test]
+    fn length_fields_near_u32_max_are_refused_or_awaited_never_a_panic() {
+        for len in [
+            u32::MAX,
+            0xFFFF_FFF0,
+            0xFFFF_FFEF,
+            0x7FFF_FFFF,
+            0x8000_0000,
+            u32::MAX - 15,
+        ] {
+            // The whole frame must fit in u32, whatever the platform's usize.
+            let fits = len.checked_add(FIXED as u32).is_some();
+            for extra in [0, 1, 2, 7, 64] {
+                let bytes = header_announcing(len, extra);
+                match MiniRpc.decode(&bytes) {
+                    Ok(None) => assert!(fits, "{len:#x} must be refused at once"),
+                    Err(e) => assert!(!fits, "{len:#x} fits the format but failed: {e}"),
+                    Ok(Some(m)) => panic!("{len:#x}: a frame of {} bytes from {extra}", m.len),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_block_longer_than_the_frame_is_malformed() {
+        // count = 0xFFFF headers in a 2-byte body, and a key length past the body.
+        for body in [&[0xff, 0xff][..], &[0, 1, 0xff, 0xff, b'k']] {
+            let mut f = header_announcing(body.len() as u32, 0);
+            f.extend_from_slice(body);
+            assert!(MiniRpc.decode(&f).is_err(), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn encode_refuses_a_frame_shorter_than_its_fixed_part() {
+        let m = MiniRpc.decode(&request(1, "m")).unwrap().unwrap();
+        let mutation: Metadata = [("k", "v")].into_iter().collect();
+        for cut in [0, 3, 15] {
+            let mut out = Vec::new();
+            let frame = &request(1, "m")[..cut];
+            assert!(MiniRpc.encode(frame, &m, &mutation, &mut out).is_err());
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! never the bottleneck. Correctness against real peers is proven by the Dubbo suites.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
+
+use crate::workspace;
 
 static REQUESTS: &[u8] =
     include_bytes!("../../../codecs/dubbo/tests/vectors/python-to-java.c2s.bin");
@@ -40,7 +42,7 @@ pub fn request_id(frame: &[u8]) -> u64 {
 
 /// Starts a provider that answers every request with the captured response; returns its port.
 pub fn start_echo_provider() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listener = workspace::listener();
     let port = listener.local_addr().expect("addr").port();
     let answer = first_frame(RESPONSES);
     std::thread::spawn(move || {

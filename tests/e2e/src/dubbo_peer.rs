@@ -10,8 +10,8 @@
 //! dropped, also while a failing test unwinds, so no peer outlives its test.
 //!
 //! The peers are installed by `tests/peers/dubbo/install.sh`. [`peers_available`] skips a
-//! test with a note when they are missing, unless `MELTEMI_REQUIRE_PEERS=1` (CI), where a
-//! missing peer is a failure.
+//! test with a note when they are missing, unless [`workspace::peers_required`]
+//! (`MELTEMI_REQUIRE_PEERS=1`, CI), where a missing peer is a failure.
 
 use std::fs::File;
 use std::net::TcpStream;
@@ -51,7 +51,7 @@ fn command_works(program: &str, args: &[&str]) -> bool {
 }
 
 /// Whether every peer is installed (npm packages, compiled Java peer, `dubbo_ssl`, `java`,
-/// `node`). When not, prints a skip note, or panics if `MELTEMI_REQUIRE_PEERS=1`.
+/// `node`). When not, prints a skip note, or panics if [`workspace::peers_required`].
 pub fn peers_available() -> bool {
     let dir = peers_dir();
     let missing: Vec<&str> = [
@@ -87,12 +87,10 @@ pub fn peers_available() -> bool {
     if missing.is_empty() {
         return true;
     }
-    assert!(
-        std::env::var("MELTEMI_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "Dubbo peers missing (MELTEMI_REQUIRE_PEERS=1): {missing:?}; run tests/peers/dubbo/install.sh"
-    );
-    eprintln!("skipping: Dubbo peers not installed ({missing:?}; tests/peers/dubbo/install.sh)");
-    false
+    workspace::peer_missing(
+        &format!("Dubbo peers {missing:?}"),
+        "run tests/peers/dubbo/install.sh",
+    )
 }
 
 /// The JVM command line for `DubboPeer` (same flags as run_matrix.py: Caucho serialises

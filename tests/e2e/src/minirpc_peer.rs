@@ -7,13 +7,15 @@
 //! connection may carry someone else's call), `wrongid` with another request id.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use meltemi_sdk::{Codec, Message, Metadata};
 use minirpc::{frame, kind, MiniRpc};
+
+use crate::workspace;
 
 /// One decoded frame as a client or server sees it.
 #[derive(Debug, Clone)]
@@ -136,7 +138,7 @@ pub struct Server {
 impl Server {
     /// Starts a server whose answers carry `tag`.
     pub fn start(tag: &str) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let listener = workspace::listener();
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let oneways = Arc::new(AtomicU64::new(0));

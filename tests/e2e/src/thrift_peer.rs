@@ -1,5 +1,6 @@
 //! Real Thrift peers for the end-to-end tests: the Python servers and clients in
-//! `tests/peers/thrift/` (Apache Thrift from PyPI `thrift`, and `thriftpy2`), run as child
+//! `tests/peers/thrift/` (Apache Thrift from PyPI `thrift`, and `thriftpy2`) and the Rust
+//! `thrift` 0.17 server in `tests/peers/thrift-rs` ([`Server::start_rust`]), run as child
 //! processes on loopback.
 //!
 //! A [`Server`] is started with an implementation, transport, protocol and tag on a free port
@@ -7,13 +8,12 @@
 //! stderr captured. Every process is killed by its PID when its handle is dropped, also while a
 //! failing test unwinds, so no peer outlives its test.
 //!
-//! The peers are installed by `tests/peers/thrift/install.sh`. [`peers_available`] follows the
-//! convention of `codecs/thrift/tests/live_peers.rs`: without peers a test is skipped with a
-//! note, unless `MELTEMI_REQUIRE_PEERS=1` (CI), where a missing peer is a failure.
+//! The peers are installed by `tests/peers/thrift/install.sh`. [`peers_available`]: without
+//! peers a test is skipped with a note, unless [`workspace::peers_required`]
+//! (`MELTEMI_REQUIRE_PEERS=1`, CI), where a missing peer is a failure.
 
 use std::fs::File;
 use std::io::Read;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -66,14 +66,7 @@ pub fn peers_available() -> bool {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("MELTEMI_REQUIRE_PEERS").as_deref() != Ok("1"),
-            "Thrift peers missing (MELTEMI_REQUIRE_PEERS=1): run tests/peers/thrift/install.sh"
-        );
-        eprintln!("skipping: Thrift peers not installed (tests/peers/thrift/install.sh)");
-    }
-    ok
+    ok || workspace::peer_missing("Thrift peers", "run tests/peers/thrift/install.sh")
 }
 
 /// A command for one peer script. Unbuffered so a peer killed on timeout still shows what it
@@ -124,30 +117,15 @@ impl Server {
             tag: tag.to_owned(),
             log,
         };
-        server.wait_accepting(imp);
+        server.wait_accepting(imp.name());
         server
     }
 
-    fn wait_accepting(&mut self, imp: Impl) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} server (tag {}) exited with {status}:\n{}",
-                    imp.name(),
-                    self.tag,
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} server (tag {}) not accepting on {} after 20s:\n{}",
-                imp.name(),
-                self.tag,
-                self.port,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+    fn wait_accepting(&mut self, name: &str) {
+        if let Err(e) =
+            workspace::wait_accepting(self.port, &mut self.child, Duration::from_secs(20))
+        {
+            panic!("{name} server (tag {}) {e}:\n{}", self.tag, self.log());
         }
     }
 
@@ -166,6 +144,59 @@ impl Drop for Server {
         } else {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+/// Builds the Rust `thrift` 0.17 Echo server (`tests/peers/thrift-rs`, a workspace member, so
+/// its crates come with the workspace's lock file) once per process and returns its path.
+pub fn rust_server_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace::root();
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args(["build", "--quiet", "-p", "meltemi-thrift-rs-peer"])
+                .status()
+                .expect("run cargo build for thrift-rs-server");
+            assert!(status.success(), "building thrift-rs-server failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let path = target.join("debug/thrift-rs-server");
+            assert!(path.exists(), "{} missing after build", path.display());
+            path
+        })
+        .clone()
+}
+
+impl Server {
+    /// Starts the Rust `thrift` 0.17 server (framed or buffered × binary or compact; the crate
+    /// has no THeader) with `tag` on a free port, and waits until it accepts connections.
+    pub fn start_rust(transport: &str, protocol: &str, tag: &str) -> Server {
+        let port = workspace::free_port();
+        let log = std::env::temp_dir().join(format!(
+            "meltemi-thrift-rs-{}-{port}.log",
+            std::process::id()
+        ));
+        let out = File::create(&log).expect("server log");
+        let child = Command::new(rust_server_binary())
+            .args(["--transport", transport, "--protocol", protocol])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--tag", tag])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log fd"))
+            .stderr(out)
+            .spawn()
+            .expect("start thrift-rs-server");
+        let mut server = Server {
+            child,
+            port,
+            tag: tag.to_owned(),
+            log,
+        };
+        server.wait_accepting("rust thrift");
+        server
     }
 }
 

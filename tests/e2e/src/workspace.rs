@@ -1,9 +1,11 @@
-//! Where things are: the repository root, built wasm modules, free loopback ports.
+//! Where things are and what tests share: the repository root, built wasm modules, loopback
+//! ports below the ephemeral range, readiness polling, and whether missing peers fail.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The repository root (two levels above this crate).
 pub fn root() -> PathBuf {
@@ -64,11 +66,11 @@ pub fn build_standalone_wasm(dir: &str, artifact: &str) -> PathBuf {
     path
 }
 
-/// A port on 127.0.0.1 that was free a moment ago, below Linux's ephemeral range (32768+) so
-/// that no client connection's source port, nor its TIME_WAIT after Envoy is killed, can take
-/// it before Envoy binds it. Each process walks its own stretch of 20000..32000, and a port is
-/// handed out once per process.
-pub fn free_port() -> u16 {
+/// A listener on 127.0.0.1, on a port below Linux's ephemeral range (32768+), kept bound: for
+/// servers a test runs in its own process (nothing can take the port between choosing and
+/// binding it). Each process walks its own stretch of 20000..32000, and a port is tried once per
+/// process.
+pub fn listener() -> TcpListener {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const SPAN: u32 = 12_000;
@@ -77,11 +79,56 @@ pub fn free_port() -> u16 {
     for _ in 0..SPAN {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = (FIRST + (start + n) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
         }
     }
     panic!("no free port in {FIRST}..{}", FIRST + SPAN);
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a child process (Envoy, a peer) to bind.
+/// It is below the ephemeral range so that no client connection's source port, nor its
+/// TIME_WAIT after a process is killed, can take it before the child binds it (a port from
+/// `bind(":0")` is exactly such a port). See [`listener`] for the ranges.
+pub fn free_port() -> u16 {
+    listener().local_addr().expect("listener address").port()
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, polling (no fixed sleep
+/// decides readiness). Fails early when `child` exits, and after `timeout`.
+pub fn wait_accepting(port: u16, child: &mut Child, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status} before accepting on {port}"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not accepting on {port} after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a missing test peer is a failure: `MELTEMI_REQUIRE_PEERS=1` (set by
+/// `scripts/test.sh` after installing them, so by CI). Any other value, or none, lets suites
+/// skip. The one reader of the variable, so every suite agrees.
+pub fn peers_required() -> bool {
+    std::env::var("MELTEMI_REQUIRE_PEERS").as_deref() == Ok("1")
+}
+
+/// Reports that `what` is missing (`install` says how to get it): panics when
+/// [`peers_required`], else prints a skip note. Returns `false`, for `return peer_missing(..)`
+/// in availability checks.
+pub fn peer_missing(what: &str, install: &str) -> bool {
+    assert!(
+        !peers_required(),
+        "{what} missing (MELTEMI_REQUIRE_PEERS=1): {install}"
+    );
+    eprintln!("skipping: {what} not installed ({install})");
+    false
 }
 
 /// Replaces every `{{NAME}}` in `template` with its value; panics on a placeholder left over.

@@ -19,10 +19,12 @@ def parse_args(role, transports=("buffered", "framed", "header")):
     else:
         p.add_argument("--non-strict", action="store_true", help="binary protocol without the 0x8001 version")
         p.add_argument("--header", action="append", default=[], metavar="K=V", help="THeader info header per call")
-        p.add_argument("--scenario", choices=("full", "echo", "e2e", "route", "inspect"), default="full",
+        p.add_argument("--scenario", choices=("full", "echo", "e2e", "route", "inspect", "oneway"),
+                       default="full",
                        help="full: one call of every shape (captured); echo: one echo; e2e: full plus "
                        "large/UTF-8/i64/one-way checks; route: calls for the proxy's routing table "
-                       "(Apache only); inspect: print what the server saw")
+                       "(Apache only); inspect: print what the server saw; oneway: a one-way call "
+                       "first on the connection, then two-way calls")
         p.add_argument("--msg", default="hello")
     args = p.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -137,6 +139,19 @@ def show_inspect(seen):
     """One line for `inspect()`: the tag, then the info headers sorted (`notified` left out)."""
     parts = [f"tag={seen.get('tag')}"] + sorted(f"{k}={v}" for k, v in seen.items() if k.startswith("h:"))
     return "inspect " + " ".join(parts)
+
+
+def run_oneway(client, msg):
+    """A one-way call as the connection's first call, then two-way calls on the same connection:
+    through a proxy they may reuse the upstream connection the one-way call went out on."""
+    token = f"first-{msg}"
+    client.notify(token)
+    notified = client.inspect()["notified"].split("|")
+    print("oneway", "delivered" if token in notified else f"MISSING from {notified}")
+    print("echo", client.echo(msg))
+    print("add", client.add(2, -5))
+    client.notify(token + "-2")
+    print("echo", client.echo(msg + "-2"))
 
 
 def run_e2e(client, item_cls, inner_cls, exc_cls, app_exc_cls, msg):

@@ -12,7 +12,7 @@ from thrift.protocol import TBinaryProtocol, TCompactProtocol, THeaderProtocol, 
 from thrift.Thrift import TApplicationException  # noqa: E402
 from thrift.transport import THeaderTransport, TSocket, TTransport  # noqa: E402
 
-from peer_common import parse_args, run_e2e, run_full, show_inspect  # noqa: E402
+from peer_common import parse_args, run_e2e, run_full, run_oneway, show_inspect  # noqa: E402
 
 
 def run_route(client, header_proto, msg):
@@ -77,6 +77,8 @@ def main():
             print(show_inspect(client.inspect()))
         elif args.scenario == "route":
             run_route(client, header_proto, args.msg)
+        elif args.scenario == "oneway":
+            run_oneway(client, args.msg)
         else:
             run_full(client, Item, Inner, EchoError, TApplicationException, args.msg, set_headers)
     finally:

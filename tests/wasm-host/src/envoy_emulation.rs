@@ -36,6 +36,18 @@ pub fn ok<T>(r: Result<T, HostError>) -> T {
     }
 }
 
+/// Length fields near the top of the 32-bit range that every suite feeds its codec: a frame
+/// length computed as `header + field` overflows a 32-bit `usize` (wasm32) for the first two,
+/// and the last two are negative as an `i32` (Thrift, Java peers read lengths as signed).
+pub const EXTREME_LENGTHS: [u32; 6] = [
+    0xFFFF_FFFF,
+    0xFFFF_FFF0,
+    0xFFFF_FFEF,
+    0x7FFF_FFFF,
+    0x8000_0000,
+    0xFFFF_FF00,
+];
+
 /// The client (front) or the router (back) sends `bytes`; returns the filter's action.
 pub fn send(host: &mut Host, c: ConnId, bytes: &[u8]) -> Action {
     ok(host.downstream_data(c, bytes, false))

@@ -40,7 +40,7 @@ use meltemi_sdk::{Codec, MessageKind};
 use meltemi_wasm_host::envoy_emulation::{
     back_response, bridged_request, counter, hcm_consume, http_response, local_request, ok,
     parse_all, parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write,
-    DECODE_ERRORS, ONEWAY_ACK,
+    DECODE_ERRORS, EXTREME_LENGTHS, ONEWAY_ACK,
 };
 use meltemi_wasm_host::rng::Rng;
 use meltemi_wasm_host::{build_wasm, ConnId, Host, Module};
@@ -730,6 +730,70 @@ fn check_front_after(h: &Host, c: ConnId, input: &[u8], errors_before: u64, what
         1
     } else {
         2
+    }
+}
+
+#[test]
+fn length_fields_near_u32_max_never_trap_the_vm_and_healthy_clients_go_on() {
+    let stream = vector("java-to-java.c2s.bin");
+    let java = frames(&stream);
+    let expected = expected_requests("java", &stream);
+    let echo = &java[0];
+    // Every 4-byte window (the body length, Hessian string, binary, list and class-field
+    // lengths) of a Caucho request holding a POJO, with the largest limit a config allows.
+    let mut f = host(&format!(
+        r#"{{"role":"front","codec":{{"max_body_bytes":{}}}}}"#,
+        u32::MAX
+    ));
+    for at in 0..echo.len() {
+        for len in EXTREME_LENGTHS {
+            let mut m = echo.clone();
+            let end = (at + 4).min(m.len());
+            m[at..end].copy_from_slice(&len.to_be_bytes()[..end - at]);
+            let before = counter(&f, DECODE_ERRORS, &[P, ("role", "front")]);
+            let c = ok(f.new_connection());
+            let r = f.downstream_data(c, &m, false);
+            let what = format!("echo @{at} = {len:#x}");
+            assert!(r.is_ok(), "{what} trapped the VM: {r:?}");
+            if at == 12 && len > i32::MAX as u32 {
+                assert!(f.closed(c), "{what}: Java reads the length as an i32");
+            }
+            if m[..2] == [0xda, 0xbb] && at >= 16 {
+                check_front_after(&f, c, &m, before, &what);
+            }
+            ok(f.downstream_close(c));
+        }
+    }
+    assert!(f.poisoned().is_none());
+    let c = ok(f.new_connection());
+    send(&mut f, c, echo);
+    assert_eq!(
+        rb(&f, c),
+        expected[0].0,
+        "a healthy consumer is still served"
+    );
+
+    // A provider frame announcing such a body closes only its connection.
+    let resp = frames(&vector("java-to-java.s2c.bin"));
+    let routed = router_request(&parse_request(&expected[0].0).unwrap(), &[]);
+    let mut b = back();
+    for len in EXTREME_LENGTHS {
+        let c = ok(b.new_connection());
+        send(&mut b, c, &routed);
+        assert_eq!(tcp_proxy_take(&mut b, c), *echo);
+        let mut bad = resp[0].clone();
+        bad[12..16].copy_from_slice(&len.to_be_bytes());
+        let r = b.upstream_data(c, &bad, false);
+        assert!(r.is_ok(), "provider {len:#x} trapped the VM: {r:?}");
+        assert!(b.closed(c), "provider {len:#x}: closed");
+        let good = ok(b.new_connection());
+        send(&mut b, good, &routed);
+        assert_eq!(tcp_proxy_take(&mut b, good), *echo);
+        let http = write(&mut b, good, &resp[0]);
+        assert!(
+            http.ends_with(&resp[0]),
+            "the healthy provider answer is relayed"
+        );
     }
 }
 

@@ -23,7 +23,7 @@ use meltemi_wasm_host::abi::log_level;
 use meltemi_wasm_host::envoy_emulation::{
     back_response, bridged_request, chunked_response, counter, hcm_consume, http_response,
     local_request, ok, parse_all, parse_request, rb, relay, router_request, send, stat,
-    tcp_proxy_take, DECODE_ERRORS,
+    tcp_proxy_take, DECODE_ERRORS, EXTREME_LENGTHS,
 };
 use meltemi_wasm_host::rng::Rng;
 use meltemi_wasm_host::{build_wasm, Action, ConnId, Host, Module};
@@ -927,6 +927,80 @@ fn the_back_refuses_an_oversize_complete_server_frame() {
     assert_eq!(out, b"");
     assert!(b.closed(c));
     assert_eq!(counter(&b, REFUSED, &too_large), 1);
+}
+
+/// A 16-byte frame header announcing `len` body bytes (nothing of the body follows).
+fn header_only(kind: u8, id: u64, len: u32) -> Vec<u8> {
+    let mut f = frame(kind, id, &[], b"");
+    f.truncate(12);
+    f.extend_from_slice(&len.to_be_bytes());
+    f
+}
+
+/// Once the frame limit is passed the connection must be closed, whatever the header announced:
+/// either the codec refused the header at once, or the framework refuses the frame's bytes.
+fn assert_refused_without_trap(h: &mut Host, c: ConnId, upstream: bool, len: u32) {
+    let more = [0u8; 80];
+    if !h.closed(c) {
+        let r = if upstream {
+            h.upstream_data(c, &more, false).map(|_| ())
+        } else {
+            h.downstream_data(c, &more, false).map(|_| ())
+        };
+        assert!(r.is_ok(), "length {len:#x} trapped the VM: {r:?}");
+    }
+    assert!(h.poisoned().is_none(), "length {len:#x} trapped the VM");
+    assert!(
+        h.closed(c),
+        "length {len:#x}: the connection must be closed"
+    );
+}
+
+#[test]
+fn length_fields_near_u32_max_close_the_connection_without_trapping_the_front() {
+    let mut h = host(r#"{"role": "front", "limits": {"max_frame_bytes": 64}}"#);
+    for len in EXTREME_LENGTHS {
+        let c = ok(h.new_connection());
+        let r = h.downstream_data(c, &header_only(REQUEST, 1, len), false);
+        assert!(r.is_ok(), "length {len:#x} trapped the VM: {r:?}");
+        assert_refused_without_trap(&mut h, c, false, len);
+        assert_eq!(&rb(&h, c)[..], b"", "nothing of the frame reaches HCM");
+        // The VM is shared by every connection of the worker: a new client is still served.
+        let good = ok(h.new_connection());
+        let f = request(2, "echo", b"after");
+        send(&mut h, good, &f);
+        assert_eq!(&rb(&h, good)[..], &demo_request(1, 2, "echo", &f)[..]);
+        assert!(!h.closed(good));
+    }
+}
+
+#[test]
+fn length_fields_near_u32_max_close_the_connection_without_trapping_the_back() {
+    let mut b = host(r#"{"role": "back", "limits": {"max_frame_bytes": 64}}"#);
+    let small = request(1, "a", b"");
+    let routed = router_request(
+        &parse_request(&demo_request(1, 1, "a", &small)).unwrap(),
+        &[],
+    );
+    for len in EXTREME_LENGTHS {
+        let c = ok(b.new_connection());
+        send(&mut b, c, &routed);
+        assert_eq!(tcp_proxy_take(&mut b, c), small);
+        let r = b.upstream_data(c, &header_only(RESPONSE, 1, len), false);
+        assert!(r.is_ok(), "length {len:#x} trapped the VM: {r:?}");
+        assert_refused_without_trap(&mut b, c, true, len);
+        // A healthy server connection still gets its answer through.
+        let good = ok(b.new_connection());
+        send(&mut b, good, &routed);
+        assert_eq!(tcp_proxy_take(&mut b, good), small);
+        let answer = frame(RESPONSE, 1, &[], b"ok");
+        let http = write(&mut b, good, &answer);
+        assert!(
+            http.ends_with(&answer),
+            "the back wraps the healthy answer: {http:?}"
+        );
+        assert!(!b.closed(good));
+    }
 }
 
 #[test]

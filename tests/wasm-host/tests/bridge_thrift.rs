@@ -33,9 +33,9 @@ use meltemi_sdk::{Codec, MessageKind};
 use meltemi_thrift::ThriftCodec;
 use meltemi_wasm_host::abi::log_level;
 use meltemi_wasm_host::envoy_emulation::{
-    back_response, bridged_request, counter, hcm_consume, http_response, ok, parse_all,
-    parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write, DECODE_ERRORS,
-    ONEWAY_ACK,
+    back_response, bridged_request, counter, hcm_consume, http_response, local_request, ok,
+    parse_all, parse_request, rb, relay, router_request, send, stat, tcp_proxy_take, write,
+    DECODE_ERRORS, EXTREME_LENGTHS, ONEWAY_ACK,
 };
 use meltemi_wasm_host::rng::Rng;
 use meltemi_wasm_host::{build_wasm, ConnId, Host, Module};
@@ -970,6 +970,135 @@ fn every_single_byte_corruption_of_a_captured_frame_is_handled_without_trap() {
         outcomes.iter().all(|n| *n > 0),
         "closed / waiting / forwarded: {outcomes:?}"
     );
+}
+
+/// Unsigned LEB128, as compact writes lengths.
+fn leb128(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+#[test]
+fn length_fields_near_u32_max_never_trap_the_vm_and_healthy_clients_go_on() {
+    // Every 4-byte window of the first request of each transport × protocol overwritten with
+    // each extreme length (and a varint of it spliced in, for compact): this hits the frame
+    // size, THeader sizes, name, string, binary and container lengths. On wasm32 a `usize` is
+    // 32 bits, so `header + length` must never be computed unchecked.
+    for v in vectors()
+        .iter()
+        .filter(|v| !v.mux && !v.stem.contains("xsrv"))
+    {
+        let expected = expected_requests(v);
+        let first = &v.req[..expected[0].1];
+        let mut f = host(&v.config("front", false));
+        for at in 0..first.len() {
+            for len in EXTREME_LENGTHS {
+                let mut be = first.to_vec();
+                let end = (at + 4).min(be.len());
+                be[at..end].copy_from_slice(&len.to_be_bytes()[..end - at]);
+                let mut vi = first[..at].to_vec();
+                vi.extend(leb128(u64::from(len)));
+                vi.extend_from_slice(&first[at + 1..]);
+                for m in [be, vi] {
+                    let before = counter(&f, DECODE_ERRORS, &[P, ("role", "front")]);
+                    let c = ok(f.new_connection());
+                    let r = f.downstream_data(c, &m, false);
+                    let what = format!("{} @{at} = {len:#x}", v.stem);
+                    assert!(r.is_ok(), "{what} trapped the VM: {r:?}");
+                    check_front_after(&f, c, &m, before, &what);
+                    if at == 0 && v.tr != Tr::Buffered {
+                        assert!(f.closed(c), "{what}: a frame size is refused at once");
+                    }
+                    ok(f.downstream_close(c));
+                }
+            }
+        }
+        assert!(f.poisoned().is_none(), "{}", v.stem);
+        let c = ok(f.new_connection());
+        send(&mut f, c, first);
+        assert_eq!(rb(&f, c), expected[0].0, "{}: a healthy client", v.stem);
+
+        // The back: a server frame announcing such a length closes only its connection.
+        if v.tr == Tr::Buffered {
+            continue;
+        }
+        let routed = router_request(&parse_request(&expected[0].0).unwrap(), &[]);
+        let mut b = host(&v.config("back", false));
+        for len in EXTREME_LENGTHS {
+            let c = ok(b.new_connection());
+            send(&mut b, c, &routed);
+            assert_eq!(tcp_proxy_take(&mut b, c), first);
+            let mut resp = v.resp.clone();
+            resp[..4].copy_from_slice(&len.to_be_bytes());
+            let r = b.upstream_data(c, &resp, false);
+            assert!(r.is_ok(), "{} back {len:#x} trapped the VM: {r:?}", v.stem);
+            assert!(b.closed(c), "{} back {len:#x}: closed", v.stem);
+            let good = ok(b.new_connection());
+            send(&mut b, good, &routed);
+            assert_eq!(tcp_proxy_take(&mut b, good), first);
+            let (answer, http) = next_server_frame(&mut b, good, &v.resp, &v.stem);
+            assert_eq!(parse_response_body(&http), answer, "{}", v.stem);
+            assert!(!b.closed(good));
+        }
+    }
+}
+
+/// The C++ THeader client (libthriftz 0.17) ends its connection with an empty THeader frame
+/// (`THeaderTransport::close` flushes even with nothing buffered; captured by
+/// `tests/peers/thrift/cpp_header_client.cpp`). It is a heartbeat answered with nothing: no
+/// decode error, the connection stays open, the call before it is bridged as usual.
+#[test]
+fn the_cpp_theader_clients_empty_frame_at_close_is_no_decode_error() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../codecs/thrift/tests/vectors/cpp_header_compact_close.bin");
+    let stream = std::fs::read(&path).unwrap();
+    let call_len = 4 + u32::from_be_bytes(stream[..4].try_into().unwrap()) as usize;
+    let call = &stream[..call_len];
+    assert_eq!(
+        stream.len() - call_len,
+        18,
+        "the empty frame follows the call"
+    );
+    for config in [
+        FRONT,
+        r#"{"role":"front","service":"echo","codec":{"transport":"header"}}"#,
+    ] {
+        let mut h = host(config);
+        let c = ok(h.new_connection());
+        send(&mut h, c, &stream);
+        let (_, md) = frame_metadata(call, Tr::Header);
+        let want = [
+            front_request(1, "request", 1, &md, call),
+            local_request(2, "heartbeat"),
+        ];
+        assert_eq!(rb(&h, c), want.concat(), "{config}");
+        assert!(!h.closed(c));
+        assert_eq!(counter(&h, DECODE_ERRORS, &[P, ("role", "front")]), 0);
+        hcm_consume(&mut h, c, 2);
+        let answer = [0u8; 4];
+        let relayed = http_response(
+            "200 OK",
+            &[("x-meltemi-response", "response"), ("x-meltemi-rid", "1")],
+            &answer,
+        );
+        // The call's answer reaches the client; the empty frame's local answer does not.
+        let out = write(&mut h, c, &relayed);
+        assert_eq!(out, answer);
+        let out = write(&mut h, c, &http_response("200 OK", &[], b""));
+        assert_eq!(out, b"", "nothing answers the empty frame");
+        assert!(!h.closed(c));
+        // The client closes right after it: nothing is left in flight, nothing counted.
+        ok(h.downstream_close(c));
+        assert_eq!(counter(&h, DECODE_ERRORS, &[P, ("role", "front")]), 0);
+    }
 }
 
 #[test]

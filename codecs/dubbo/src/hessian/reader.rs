@@ -103,18 +103,27 @@ impl<'a> Reader<'a> {
 
     fn byte(&mut self) -> Result<u8> {
         let b = self.peek()?;
-        self.pos += 1;
+        self.skip_peeked();
         Ok(b)
     }
 
+    /// Consumes the byte [`Reader::peek`] just returned. `pos < buf.len()` then, so the
+    /// addition cannot saturate; saturating keeps it panic-free if a caller ever breaks that.
+    fn skip_peeked(&mut self) {
+        self.pos = self.pos.saturating_add(1);
+    }
+
+    /// One more value holding a back-reference slot. Saturating: a body has fewer values than
+    /// bytes, so the count cannot reach `usize::MAX`.
+    fn count_ref(&mut self) {
+        self.refs = self.refs.saturating_add(1);
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        match self
-            .pos
-            .checked_add(n)
-            .and_then(|end| self.buf.get(self.pos..end))
-        {
-            Some(s) => {
-                self.pos += n;
+        let end = self.pos.checked_add(n);
+        match end.and_then(|end| Some((end, self.buf.get(self.pos..end)?))) {
+            Some((end, s)) => {
+                self.pos = end;
                 Ok(s)
             }
             None => err(format!(
@@ -162,11 +171,11 @@ impl<'a> Reader<'a> {
         let b = self.byte()?;
         Ok(match b {
             b'I' => self.be(4)? as u32 as i32,
-            0x80..=0xbf => i32::from(b) - 0x90,
-            0xc0..=0xcf => ((i32::from(b) - 0xc8) << 8) | i32::from(self.byte()?),
+            0x80..=0xbf => i32::from(b).wrapping_sub(0x90),
+            0xc0..=0xcf => (i32::from(b).wrapping_sub(0xc8) << 8) | i32::from(self.byte()?),
             0xd0..=0xd7 => {
                 let rest = self.be(2)? as i32;
-                ((i32::from(b) - 0xd4) << 16) | rest
+                (i32::from(b).wrapping_sub(0xd4) << 16) | rest
             }
             other => {
                 return err(format!(
@@ -182,9 +191,9 @@ impl<'a> Reader<'a> {
         let b = self.byte()?;
         Ok(match b {
             b'L' => self.be(8)? as i64,
-            0xd8..=0xef => i64::from(b) - 0xe0,
-            0xf0..=0xff => ((i64::from(b) - 0xf8) << 8) | i64::from(self.byte()?),
-            0x38..=0x3f => ((i64::from(b) - 0x3c) << 16) | self.be(2)? as i64,
+            0xd8..=0xef => i64::from(b).wrapping_sub(0xe0),
+            0xf0..=0xff => (i64::from(b).wrapping_sub(0xf8) << 8) | i64::from(self.byte()?),
+            0x38..=0x3f => (i64::from(b).wrapping_sub(0x3c) << 16) | self.be(2)? as i64,
             0x59 => i64::from(self.be(4)? as u32 as i32),
             other => {
                 return err(format!(
@@ -197,7 +206,7 @@ impl<'a> Reader<'a> {
     /// Reads a string, or `None` for a Hessian null (Dubbo writes null for absent versions).
     pub fn read_string(&mut self) -> Result<Option<String>> {
         if self.peek()? == b'N' {
-            self.pos += 1;
+            self.skip_peeked();
             return Ok(None);
         }
         let mut units = Vec::new();
@@ -219,7 +228,7 @@ impl<'a> Reader<'a> {
             let (len, last) = match tag {
                 0x00..=0x1f => (usize::from(tag), true),
                 0x30..=0x33 => (
-                    (usize::from(tag - 0x30) << 8) | usize::from(self.byte()?),
+                    (usize::from(tag & 0x03) << 8) | usize::from(self.byte()?),
                     true,
                 ),
                 b'S' => (self.be(2)? as usize, true),
@@ -263,7 +272,7 @@ impl<'a> Reader<'a> {
                 if c & 0xc0 != 0x80 {
                     return err(format!(
                         "invalid utf-8 continuation byte 0x{c:02x} at offset {}",
-                        self.pos - 1
+                        self.pos.saturating_sub(1)
                     ));
                 }
                 cp = (cp << 6) | u32::from(c & 0x3f);
@@ -275,16 +284,16 @@ impl<'a> Reader<'a> {
                         "4-byte utf-8 sequence at offset {at} splits a string chunk"
                     ));
                 }
-                left -= 2;
+                left = left.saturating_sub(2);
                 if let Some(v) = out.as_deref_mut() {
-                    if v.len() + 2 <= MAX_COLLECTED_UNITS {
+                    if v.len().saturating_add(2) <= MAX_COLLECTED_UNITS {
                         let c = cp.saturating_sub(0x10000);
                         v.push(0xd800 | ((c >> 10) & 0x3ff) as u16);
                         v.push(0xdc00 | (c & 0x3ff) as u16);
                     }
                 }
             } else {
-                left -= 1;
+                left = left.saturating_sub(1);
                 if let Some(v) = out.as_deref_mut() {
                     if v.len() < MAX_COLLECTED_UNITS {
                         v.push((cp & 0xffff) as u16);
@@ -300,9 +309,9 @@ impl<'a> Reader<'a> {
             let at = self.pos;
             let tag = self.byte()?;
             let (len, last) = match tag {
-                0x20..=0x2f => (usize::from(tag - 0x20), true),
+                0x20..=0x2f => (usize::from(tag & 0x0f), true),
                 0x34..=0x37 => (
-                    (usize::from(tag - 0x34) << 8) | usize::from(self.byte()?),
+                    (usize::from(tag & 0x03) << 8) | usize::from(self.byte()?),
                     true,
                 ),
                 b'B' => (self.be(2)? as usize, true),
@@ -337,7 +346,7 @@ impl<'a> Reader<'a> {
 
     /// `'C' name field-count field-name*`: remembers the field count for later instances.
     fn class_def(&mut self) -> Result<()> {
-        self.pos += 1; // the 'C'
+        self.skip_peeked(); // the 'C'
         self.string_chunks(None)?;
         let fields = self.read_len("class field count")?;
         self.check_count(fields, 1, "class definition")?;
@@ -355,7 +364,7 @@ impl<'a> Reader<'a> {
                 self.class_fields.len()
             ));
         };
-        self.refs += 1;
+        self.count_ref();
         self.nested(|r| {
             for _ in 0..fields {
                 r.skip_value()?;
@@ -368,15 +377,16 @@ impl<'a> Reader<'a> {
         if self.depth >= MAX_DEPTH {
             return err(format!("hessian values nested deeper than {MAX_DEPTH}"));
         }
-        self.depth += 1;
+        // Below MAX_DEPTH here, and every increment is undone: neither end can be reached.
+        self.depth = self.depth.saturating_add(1);
         let r = f(self);
-        self.depth -= 1;
+        self.depth = self.depth.saturating_sub(1);
         r
     }
 
     fn fixed_values(&mut self, count: usize) -> Result<()> {
         self.check_count(count, 1, "list")?;
-        self.refs += 1;
+        self.count_ref();
         self.nested(|r| {
             for _ in 0..count {
                 r.skip_value()?;
@@ -387,7 +397,7 @@ impl<'a> Reader<'a> {
 
     /// Values up to (and including) the closing `'Z'`; `pairs` for maps.
     fn values_until_end(&mut self, pairs: bool) -> Result<()> {
-        self.refs += 1;
+        self.count_ref();
         self.nested(|r| {
             while r.peek()? != b'Z' {
                 r.skip_value()?;
@@ -395,7 +405,7 @@ impl<'a> Reader<'a> {
                     r.skip_value()?;
                 }
             }
-            r.pos += 1;
+            r.skip_peeked();
             Ok(())
         })
     }
@@ -411,7 +421,7 @@ impl<'a> Reader<'a> {
         let tag = self.peek()?;
         match tag {
             b'N' | b'T' | b'F' => {
-                self.pos += 1;
+                self.skip_peeked();
                 Ok(())
             }
             // int
@@ -432,57 +442,57 @@ impl<'a> Reader<'a> {
             0x20..=0x2f | 0x34..=0x37 | b'A' | b'B' => self.skip_binary(),
             // lists
             0x55 => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.skip_type()?;
                 self.values_until_end(false)
             }
             b'W' => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.values_until_end(false)
             }
             b'V' => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.skip_type()?;
                 let n = self.read_len("list length")?;
                 self.fixed_values(n)
             }
             b'X' => {
-                self.pos += 1;
+                self.skip_peeked();
                 let n = self.read_len("list length")?;
                 self.fixed_values(n)
             }
             0x70..=0x77 => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.skip_type()?;
-                self.fixed_values(usize::from(tag - 0x70))
+                self.fixed_values(usize::from(tag & 0x07))
             }
             0x78..=0x7f => {
-                self.pos += 1;
-                self.fixed_values(usize::from(tag - 0x78))
+                self.skip_peeked();
+                self.fixed_values(usize::from(tag & 0x07))
             }
             // maps
             b'M' => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.skip_type()?;
                 self.values_until_end(true)
             }
             b'H' => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.values_until_end(true)
             }
             // objects
             b'O' => {
-                self.pos += 1;
+                self.skip_peeked();
                 let def = self.read_len("class definition reference")?;
                 self.instance(def)
             }
             0x60..=0x6f => {
-                self.pos += 1;
-                self.instance(usize::from(tag - 0x60))
+                self.skip_peeked();
+                self.instance(usize::from(tag & 0x0f))
             }
             // back-reference to an earlier list/map/object
             b'Q' => {
-                self.pos += 1;
+                self.skip_peeked();
                 self.read_len("reference").map(drop)
             }
             other => err(format!("invalid hessian tag 0x{other:02x} at offset {at}")),
@@ -505,14 +515,14 @@ impl<'a> Reader<'a> {
                 ))
             }
         }
-        self.refs += 1;
+        self.count_ref();
         Ok(())
     }
 
     /// True (and consumed) when the next byte closes a map or variable-length list.
     pub fn end_of_map(&mut self) -> Result<bool> {
         if self.peek()? == b'Z' {
-            self.pos += 1;
+            self.skip_peeked();
             return Ok(true);
         }
         Ok(false)
@@ -526,11 +536,11 @@ impl<'a> Reader<'a> {
             b'I' | 0x80..=0xd7 => Ok(Some(self.read_int()?.to_string())),
             b'L' | 0xd8..=0xff | 0x38..=0x3f | 0x59 => Ok(Some(self.read_long()?.to_string())),
             b'T' => {
-                self.pos += 1;
+                self.skip_peeked();
                 Ok(Some("true".into()))
             }
             b'F' => {
-                self.pos += 1;
+                self.skip_peeked();
                 Ok(Some("false".into()))
             }
             _ => self.skip_value().map(|()| None),

@@ -14,13 +14,14 @@ pub fn write_null(out: &mut Vec<u8>) {
     out.push(b'N');
 }
 
-/// Appends an int in its shortest encoding.
+/// Appends an int in its shortest encoding. Each arm's additions stay within `i32` for the
+/// arm's range of `v` (and within a byte once shifted), so `wrapping_add` is exact there.
 pub fn write_int(out: &mut Vec<u8>, v: i32) {
     match v {
-        -16..=47 => out.push((v + 0x90) as u8),
-        -2048..=2047 => out.extend_from_slice(&[(0xc8 + (v >> 8)) as u8, v as u8]),
+        -16..=47 => out.push(v.wrapping_add(0x90) as u8),
+        -2048..=2047 => out.extend_from_slice(&[(v >> 8).wrapping_add(0xc8) as u8, v as u8]),
         -262_144..=262_143 => {
-            out.extend_from_slice(&[(0xd4 + (v >> 16)) as u8, (v >> 8) as u8, v as u8])
+            out.extend_from_slice(&[(v >> 16).wrapping_add(0xd4) as u8, (v >> 8) as u8, v as u8])
         }
         _ => {
             out.push(b'I');
@@ -33,27 +34,38 @@ pub fn write_int(out: &mut Vec<u8>, v: i32) {
 pub fn write_string(out: &mut Vec<u8>, s: &str) {
     let units: Vec<u16> = s.encode_utf16().collect();
     let mut rest = &units[..];
-    while rest.len() > CHUNK_UNITS {
-        let mut n = CHUNK_UNITS;
-        // Keep a surrogate pair inside one chunk, as Java's writer does.
-        if (0xd800..0xdc00).contains(&rest[n - 1]) {
-            n -= 1;
+    while let Some((chunk, after)) = rest.split_at_checked(CHUNK_UNITS) {
+        if after.is_empty() {
+            // Exactly one chunk's worth left: it is the final chunk.
+            break;
         }
+        // Keep a surrogate pair inside one chunk, as Java's writer does.
+        let (chunk, after) = match chunk.split_last() {
+            Some((&last, head)) if (0xd800..0xdc00).contains(&last) => {
+                (head, rest.get(head.len()..).unwrap_or_default())
+            }
+            _ => (chunk, after),
+        };
         out.push(b'R');
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-        push_units(out, &rest[..n]);
-        rest = &rest[n..];
+        out.extend_from_slice(&chunk_len(chunk).to_be_bytes());
+        push_units(out, chunk);
+        rest = after;
     }
     let n = rest.len();
     if n <= 0x1f {
         out.push(n as u8);
     } else if n <= 0x3ff {
-        out.extend_from_slice(&[0x30 + (n >> 8) as u8, n as u8]);
+        out.extend_from_slice(&[0x30 | (n >> 8) as u8, n as u8]);
     } else {
         out.push(b'S');
-        out.extend_from_slice(&(n as u16).to_be_bytes());
+        out.extend_from_slice(&chunk_len(rest).to_be_bytes());
     }
     push_units(out, rest);
+}
+
+/// A chunk's length field: chunks hold at most [`CHUNK_UNITS`] (0x8000) units, so it fits.
+fn chunk_len(chunk: &[u16]) -> u16 {
+    u16::try_from(chunk.len()).unwrap_or(u16::MAX)
 }
 
 /// UTF-16 units as Java's modified UTF-8: 1 to 3 bytes per unit, surrogates included.
