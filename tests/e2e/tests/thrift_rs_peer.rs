@@ -2,17 +2,13 @@
 //! called by the Apache Thrift Python client: a one-way call, then two-way calls on the same
 //! client connection, for framed and buffered × binary and compact.
 //!
-//! That server answers the bridge's one-way delivery probe (a call to an unknown method) with
-//! UNKNOWN_METHOD but does not skip the call's arguments, so it then closes the connection
-//! (`codecs/thrift/tests/live_peers.rs` shows it without Envoy). A two-way call that Envoy's
-//! pool sends on that upstream connection is lost: the client sees a TApplicationException
-//! `envoy 503: upstream connect error or disconnect/reset before headers. reset reason:
-//! connection termination`, the server logs `invalid thrift version`. With binary the server
-//! waits for four bytes of the next "message", so the close always comes after Envoy reused the
-//! connection (every run); with compact it may close first and the pool then reconnects (some
-//! runs pass). Issue 8 item 7: until the one-way
-//! acknowledgement strategy changes in the SDK's back transcoder, this test fails and is
-//! ignored; run it with `cargo test -p meltemi-e2e --test thrift_rs_peer -- --ignored`.
+//! That server answers an unknown-method delivery probe with UNKNOWN_METHOD but does not skip
+//! the call's arguments, so it then closes the connection (`codecs/thrift/tests/live_peers.rs`
+//! shows it without Envoy); with a probe, the next two-way call on that pooled connection was
+//! lost (`envoy 503 … connection termination`). The Thrift codec's default acknowledgement is
+//! therefore to close the server connection once the one-way call is written (`oneway_ack:
+//! close`), and the route retries a reset that happens before a request was written: every
+//! call here succeeds.
 //!
 //! Skipped with a note when the Python peers are not installed, unless `MELTEMI_REQUIRE_PEERS=1`.
 
@@ -62,7 +58,7 @@ fn apache_client_one_way_then_two_way_calls_to_the_rust_thrift_server() {
             }],
             virtual_hosts: vec![json!({
                 "name": "echo", "domains": ["echo"],
-                "routes": [{"match": {"prefix": "/echo/"}, "route": {"cluster": "rs", "timeout": "10s"}}]
+                "routes": [{"match": {"prefix": "/echo/"}, "route": meltemi_e2e::bootstrap::route_action("rs")}]
             })],
             http_filters: vec![],
         }
