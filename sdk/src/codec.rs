@@ -2,9 +2,24 @@
 //!
 //! A codec is pure Rust: it never touches proxy-wasm, never allocates connection buffers and never
 //! decides routing. The framework calls it to cut a byte stream into messages, to rewrite a message
-//! with a mutation, and to build the protocol's own replies (errors, heartbeats). One codec value
-//! lives per connection and per role, so it may remember what it detected (a transport, a
-//! protocol version) between calls.
+//! with a mutation, and to build the protocol's own replies (errors, heartbeats).
+//!
+//! # Two values per connection
+//! The framework keeps **two** codec values for each side of a connection, both made by
+//! [`Codec::new`] from the same configuration:
+//! - the *stream* value decodes the peer's byte stream (client requests on the front, server
+//!   answers on the back) and builds replies to what it decoded: [`Codec::decode`] on the
+//!   stream, [`Codec::error_reply`], [`Codec::heartbeat_reply`], [`Codec::is_probe_answer`];
+//! - the *frame* value decodes whole frames carried in HTTP bodies (the request on the back, an
+//!   answer on the front) and rewrites or follows them: [`Codec::decode`] on one whole frame,
+//!   [`Codec::encode`], [`Codec::delivery_probe`].
+//!
+//! Keeping them apart means a resumable stream decoder is never interrupted by a frame from
+//! elsewhere. So a codec must not rely on state learned by one value being visible in the
+//! other: whatever a reply or a probe needs about a request travels in that request's
+//! [`Message`] (its `metadata` and `context`), and `delivery_probe` must work from the one-way
+//! call's `Message` alone (the frame value decoded that call just before). Within one value,
+//! state learned from earlier messages (a detected transport or protocol version) is fine.
 
 use std::fmt;
 

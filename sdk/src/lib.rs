@@ -19,14 +19,25 @@
     )
 )]
 
+// The framework's internals: public for the wasm glue, the test host, the fuzz targets and the
+// benchmarks, hidden from a codec author's documentation (a codec needs only `Codec`, its
+// types and `export_codec!`). They may change without notice.
+#[doc(hidden)]
 pub mod back;
+#[doc(hidden)]
 pub mod bridge;
 pub mod codec;
 pub mod config;
+#[doc(hidden)]
 pub mod front;
+#[doc(hidden)]
 pub mod http1;
 pub mod metadata;
+#[doc(hidden)]
 pub mod stats;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+#[doc(hidden)]
 pub mod vm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

@@ -220,7 +220,7 @@ fn rust_thrift_server_answers_the_probe_then_closes() {
         ("buffered", "compact", "py_buffered_compact"),
     ] {
         let server = thrift_peer::Server::start_rust(transport, protocol, "rs");
-        let mut codec = ThriftCodec::new(&Config::default());
+        let mut codec = ThriftCodec::new(&probing());
         let (oneway, frame) = notify_frame(&mut codec, stem);
         let probe = codec.delivery_probe(&oneway).unwrap();
         let mut sock = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
