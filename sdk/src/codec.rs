@@ -79,7 +79,11 @@ impl MessageKind {
 }
 
 /// One complete message found at the start of a buffer by [`Codec::decode`].
+///
+/// Built with [`Message::new`] (fields may be added in later versions, so codecs outside this
+/// crate cannot use a struct literal); every field is public to read and to set.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Length in bytes of the whole frame, headers included. The framework forwards exactly
     /// these bytes and hands the rest of the buffer to the next `decode` call.
@@ -99,8 +103,37 @@ pub struct Message {
     pub context: u64,
 }
 
+impl Message {
+    /// A message of `len` bytes, of `kind`, with `request_id`, no metadata and context 0.
+    pub fn new(len: usize, kind: MessageKind, request_id: u64) -> Self {
+        Self {
+            len,
+            kind,
+            request_id,
+            metadata: Metadata::new(),
+            context: 0,
+        }
+    }
+
+    /// The same with `metadata`.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The same with codec-private `context`.
+    pub fn with_context(mut self, context: u64) -> Self {
+        self.context = context;
+        self
+    }
+}
+
 /// Why the framework answers a request itself instead of relaying a server response.
+///
+/// New kinds may be added: a codec's `match` needs a catch-all arm (usually its generic
+/// "internal error" reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// No route matched the request (HTTP 404 from Envoy's router).
     RouteNotFound,

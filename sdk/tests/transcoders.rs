@@ -86,13 +86,9 @@ impl Codec for Lp {
             metadata.push("service", "svc");
             metadata.push("method", method);
         }
-        Ok(Some(Message {
-            len: total,
-            kind,
-            request_id: u64::from(id),
-            metadata,
-            context: 0,
-        }))
+        Ok(Some(
+            Message::new(total, kind, u64::from(id)).with_metadata(metadata),
+        ))
     }
 
     fn encode(

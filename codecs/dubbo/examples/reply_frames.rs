@@ -3,18 +3,12 @@
 //! `tests/peers/dubbo/run_matrix.py` that real consumers raise an RPC error on them:
 //! `cargo run -p meltemi-dubbo --example reply_frames -- DIR`.
 use meltemi_dubbo::{DubboCodec, DubboConfig};
-use meltemi_sdk::{Codec, ErrorKind, Message, MessageKind, Metadata};
+use meltemi_sdk::{Codec, ErrorKind, Message, MessageKind};
 
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: reply_frames DIR");
     let mut codec = DubboCodec::new(&DubboConfig::default());
-    let request = Message {
-        len: 0,
-        kind: MessageKind::Request,
-        request_id: 0,
-        metadata: Metadata::new(),
-        context: 0,
-    };
+    let request = Message::new(0, MessageKind::Request, 0);
     for kind in ErrorKind::ALL {
         let detail = format!("meltemi test: {}", kind.as_str());
         let frame = codec

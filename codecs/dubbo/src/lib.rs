@@ -125,13 +125,9 @@ impl Codec for DubboCodec {
             return Ok(None);
         };
         let (kind, metadata) = classify(&h, body)?;
-        Ok(Some(Message {
-            len: h.frame_len(),
-            kind,
-            request_id: h.request_id,
-            metadata,
-            context: 0,
-        }))
+        Ok(Some(
+            Message::new(h.frame_len(), kind, h.request_id).with_metadata(metadata),
+        ))
     }
 
     fn encode(

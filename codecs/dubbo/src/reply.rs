@@ -32,7 +32,8 @@ pub fn status_for(kind: ErrorKind) -> u8 {
         ErrorKind::BadResponse => status::BAD_RESPONSE,
         ErrorKind::BadRequest => status::BAD_REQUEST,
         ErrorKind::Unavailable | ErrorKind::Unauthorized => status::SERVICE_ERROR,
-        ErrorKind::Internal => status::SERVER_ERROR,
+        // Internal, and kinds a later SDK adds.
+        _ => status::SERVER_ERROR,
     }
 }
 
@@ -46,7 +47,7 @@ fn default_message(kind: ErrorKind) -> &'static str {
         ErrorKind::Timeout => "request timed out",
         ErrorKind::BadResponse => "upstream sent an invalid response",
         ErrorKind::BadRequest => "request refused: bad request",
-        ErrorKind::Internal => "internal proxy error",
+        _ => "internal proxy error",
     }
 }
 

@@ -112,17 +112,19 @@ fn empty_header_frame(frame: &header::HeaderFrame<'_>) -> Message {
     };
     let mut metadata = Metadata::new();
     metadata.push("message_type", "empty_frame");
-    Message {
-        len: frame.total_len,
-        kind: MessageKind::Heartbeat,
-        request_id: u64::from(frame.seqid as u32),
-        metadata,
-        context: ReplyContext {
+    Message::new(
+        frame.total_len,
+        MessageKind::Heartbeat,
+        u64::from(frame.seqid as u32),
+    )
+    .with_metadata(metadata)
+    .with_context(
+        ReplyContext {
             protocol,
             header_seqid: Some(frame.seqid),
         }
         .pack(),
-    }
+    )
 }
 
 impl ReplyContext {
@@ -348,17 +350,15 @@ impl ThriftCodec {
         }
 
         self.protocol = Some(head.protocol);
-        Ok(Message {
-            len,
-            kind,
-            request_id: u64::from(head.seqid as u32),
-            metadata: own,
-            context: ReplyContext {
-                protocol: head.protocol,
-                header_seqid,
-            }
-            .pack(),
-        })
+        Ok(Message::new(len, kind, u64::from(head.seqid as u32))
+            .with_metadata(own)
+            .with_context(
+                ReplyContext {
+                    protocol: head.protocol,
+                    header_seqid,
+                }
+                .pack(),
+            ))
     }
 
     /// The name, seqid, protocol and THeader seqid to answer `request` with: from its
@@ -567,13 +567,7 @@ mod tests {
     #[test]
     fn error_reply_needs_a_known_connection() {
         let mut c = ThriftCodec::new(&Config::default());
-        let m = Message {
-            len: 1,
-            kind: MessageKind::Request,
-            request_id: 1,
-            metadata: Metadata::new(),
-            context: 0,
-        };
+        let m = Message::new(1, MessageKind::Request, 1);
         assert_eq!(c.error_reply(&m, ErrorKind::Internal, "x"), None);
         assert_eq!(c.delivery_probe(&m), None);
     }

@@ -41,11 +41,8 @@ pub fn app_exception_type(kind: ErrorKind) -> i32 {
         ErrorKind::RouteNotFound => app_exception::UNKNOWN_METHOD,
         ErrorKind::BadRequest => app_exception::PROTOCOL_ERROR,
         ErrorKind::BadResponse => app_exception::MISSING_RESULT,
-        ErrorKind::Unavailable
-        | ErrorKind::OverLimit
-        | ErrorKind::Unauthorized
-        | ErrorKind::Timeout
-        | ErrorKind::Internal => app_exception::INTERNAL_ERROR,
+        // Unavailable, OverLimit, Unauthorized, Timeout, Internal, and kinds a later SDK adds.
+        _ => app_exception::INTERNAL_ERROR,
     }
 }
 

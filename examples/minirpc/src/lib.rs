@@ -99,13 +99,9 @@ impl Codec for MiniRpc {
             return Ok(None);
         };
         let (metadata, _payload_at) = read_headers(body)?;
-        Ok(Some(Message {
-            len,
-            kind,
-            request_id: header.id,
-            metadata,
-            context: 0,
-        }))
+        Ok(Some(
+            Message::new(len, kind, header.id).with_metadata(metadata),
+        ))
     }
 
     fn encode(
