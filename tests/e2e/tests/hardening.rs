@@ -405,3 +405,22 @@ fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+#[test]
+fn a_service_name_that_is_no_valid_authority_fails_alone() {
+    // A client-chosen service name with characters no HTTP authority may hold: Envoy must not
+    // answer 400 and close the connection with the calls pipelined behind it.
+    let s = Deployment::start("authority");
+    let mut c = Client::connect(s.port);
+    let odd = encode(
+        kind::REQUEST,
+        1,
+        &[("service", "demo x/é@{}"), ("method", "sayHello")],
+        b"",
+    );
+    c.send(&[odd, request(2, "sayHello", &[], b"next")].concat());
+    let r = c.recv().unwrap();
+    assert_eq!((r.kind, r.id), (kind::ERROR, 1), "no route for that name");
+    let r = c.recv().unwrap();
+    assert_eq!((r.kind, r.id, r.payload), (kind::RESPONSE, 2, b"v1:next".to_vec()));
+}
