@@ -424,3 +424,26 @@ fn a_service_name_that_is_no_valid_authority_fails_alone() {
     let r = c.recv().unwrap();
     assert_eq!((r.kind, r.id, r.payload), (kind::RESPONSE, 2, b"v1:next".to_vec()));
 }
+
+#[test]
+fn calls_held_back_are_handed_even_when_envoy_answers_everything_at_once() {
+    // With room for 2, fifty calls that Envoy answers itself (no route: a local reply, written
+    // before any further read) and one routed call, in one write: no read event follows the
+    // local replies, so the front's timer must hand the calls that wait.
+    let s = Deployment::start_with_front(
+        "timer",
+        Some(json!({"limits": {"max_pending_requests": 2}})),
+    );
+    let mut c = Client::connect(s.port);
+    let mut batch: Vec<u8> = (1..=50u64)
+        .flat_map(|i| request(i, &format!("nope{i}"), &[], b""))
+        .collect();
+    batch.extend(request(51, "sayHello", &[], b"last"));
+    c.send(&batch);
+    for i in 1..=50u64 {
+        let r = c.recv().expect("local reply");
+        assert_eq!((r.kind, r.id), (kind::ERROR, i));
+    }
+    let r = c.recv().expect("routed answer");
+    assert_eq!((r.id, r.payload), (51, b"v1:last".to_vec()));
+}
