@@ -1,0 +1,321 @@
+//! `meltemi-controller`: the command line. Subcommands `check`, `bootstrap` and `serve`; the
+//! work is done in the library modules, this file only parses flags, prints and sets exit codes.
+
+mod load;
+mod model;
+mod proto;
+mod render;
+mod source;
+mod template;
+mod translate;
+mod validate;
+mod xds;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use template::{Build, FailurePolicy, Module, ModuleSource};
+
+const EXAMPLES: &str = "\
+Examples:
+  meltemi-controller check config/ --module thrift=/opt/meltemi/thrift.wasm
+  meltemi-controller bootstrap --dir config/ --module thrift=/opt/meltemi/thrift.wasm -o envoy.yaml
+  meltemi-controller bootstrap --xds 127.0.0.1:18000 --admin-port 9901 -o envoy.yaml
+  meltemi-controller serve --dir config/ --listen 127.0.0.1:18000 \\
+      --module dubbo=https://example.com/dubbo.wasm,sha256=<hex>";
+
+/// Meltemi's control plane: Aeraki MetaRouter / ApplicationProtocol and Istio ServiceEntry /
+/// DestinationRule in, Envoy configuration and live route updates out.
+#[derive(Parser)]
+#[command(version, after_help = EXAMPLES)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and validate a directory, print what would be served; exit 1 on errors.
+    Check {
+        /// Directory of YAML/JSON files.
+        dir: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write an Envoy bootstrap: static (from --dir) or pointing at the controller (--xds).
+    Bootstrap {
+        /// Directory of YAML/JSON files (static bootstrap).
+        #[arg(long, required_unless_present = "xds")]
+        dir: Option<PathBuf>,
+        /// HOST:PORT of `meltemi-controller serve`: render an ADS bootstrap instead.
+        #[arg(long)]
+        xds: Option<String>,
+        /// Envoy admin port on 127.0.0.1 (0 = no admin listener).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// Envoy node id.
+        #[arg(long, default_value = "meltemi")]
+        node_id: String,
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Serve the directory over ADS (LDS, RDS, CDS, EDS), re-validated on every change.
+    Serve {
+        /// Directory of YAML/JSON files (watched).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address of the gRPC xDS server.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Codec module per protocol: PROTOCOL=PATH, or PROTOCOL=URL,sha256=HEX (Envoy fetches it).
+    #[arg(long = "module", value_name = "PROTOCOL=SOURCE")]
+    modules: Vec<String>,
+    /// What Envoy does when a module fails.
+    #[arg(long, value_enum, default_value_t = Policy::Closed)]
+    failure_policy: Policy,
+    /// Address the front listeners bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Policy {
+    #[value(name = "fail-closed")]
+    Closed,
+    #[value(name = "fail-open")]
+    Open,
+    #[value(name = "fail-reload")]
+    Reload,
+}
+
+fn parse_module(spec: &str, policy: FailurePolicy) -> Result<(String, Module), String> {
+    let (protocol, source) = spec.split_once('=').ok_or_else(|| {
+        format!("--module {spec}: expected PROTOCOL=PATH or PROTOCOL=URL,sha256=HEX")
+    })?;
+    let source = if source.starts_with("http://") || source.starts_with("https://") {
+        let (url, sha) = source.split_once(",sha256=").ok_or_else(|| {
+            format!("--module {spec}: a URL needs `,sha256=HEX` (Envoy checks the download)")
+        })?;
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!("--module {spec}: sha256 must be 64 hex digits"));
+        }
+        if template::url_parts(url).is_none() {
+            return Err(format!("--module {spec}: cannot read the URL's host"));
+        }
+        ModuleSource::Remote {
+            url: url.to_owned(),
+            sha256: sha.to_ascii_lowercase(),
+        }
+    } else {
+        ModuleSource::Local(source.to_owned())
+    };
+    Ok((
+        protocol.to_owned(),
+        Module {
+            source,
+            failure_policy: policy,
+        },
+    ))
+}
+
+impl Common {
+    fn options(&self) -> Result<translate::Options, String> {
+        let policy = match self.failure_policy {
+            Policy::Closed => FailurePolicy::Closed,
+            Policy::Open => FailurePolicy::Open,
+            Policy::Reload => FailurePolicy::Reload,
+        };
+        let modules = self
+            .modules
+            .iter()
+            .map(|m| parse_module(m, policy))
+            .collect::<Result<_, _>>()?;
+        Ok(translate::Options {
+            modules,
+            bind: self.bind.clone(),
+            build: Build::Wasm,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Check { dir, common } => check(&dir, &common),
+        Command::Bootstrap {
+            dir,
+            xds,
+            admin_port,
+            node_id,
+            output,
+            common,
+        } => {
+            let resources = match (&dir, &xds) {
+                (Some(dir), None) => match source::build(dir, &common.options()?) {
+                    Ok((_, r)) => r,
+                    Err(e) => return Err(e.to_string()),
+                },
+                _ => translate::Resources::default(),
+            };
+            let options = render::BootstrapOptions {
+                admin_port,
+                node_id,
+                node_cluster: "meltemi".into(),
+                xds,
+            };
+            let b = render::bootstrap(&resources, &options)?;
+            proto::parse(proto::BOOTSTRAP, &b)
+                .map_err(|e| format!("rendered bootstrap does not fit Envoy's schema: {e}"))?;
+            let text = serde_json::to_string_pretty(&b).map_err(|e| e.to_string())?;
+            match output {
+                Some(path) => std::fs::write(&path, text + "\n")
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            dir,
+            listen,
+            common,
+        } => {
+            let options = common.options()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(serve(dir, listen, options))
+        }
+    }
+}
+
+fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
+    let mut options = common.options()?;
+    let loaded = load::load_dir(dir)?;
+    // Without --module, check still translates, with placeholder module paths.
+    for p in validate::known_protocols(&loaded.inputs) {
+        options.modules.entry(p.clone()).or_insert(Module {
+            source: ModuleSource::Local(format!("<{p}.wasm>")),
+            failure_policy: FailurePolicy::Closed,
+        });
+    }
+    for s in &loaded.skipped {
+        println!("skipped: {}: {}", s.source, s.what);
+    }
+    let (_, r) = match source::build(dir, &options) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let Err(e) = xds::Snapshot::new(&r, Instant::now()) {
+        eprintln!("translation does not fit Envoy's schema (a controller bug): {e}");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("listeners:");
+    for name in r.listeners.keys() {
+        println!("  {name}");
+    }
+    println!("routes:");
+    for (name, rc) in &r.routes {
+        println!("  {name}");
+        for vh in rc["virtual_hosts"].as_array().into_iter().flatten() {
+            let routes = vh["routes"].as_array().map(Vec::len).unwrap_or(0);
+            println!(
+                "    {} ({routes} routes)",
+                vh["name"].as_str().unwrap_or("")
+            );
+        }
+    }
+    println!("clusters:");
+    for (name, c) in &r.clusters {
+        let n = r
+            .endpoints
+            .get(name)
+            .and_then(|e| e["endpoints"][0]["lb_endpoints"].as_array().map(Vec::len));
+        match n {
+            Some(n) => println!("  {name} ({n} endpoints)"),
+            None if c["type"] == "EDS" => println!("  {name} (no endpoints)"),
+            None => println!("  {name}"),
+        }
+    }
+    println!("ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(
+    dir: PathBuf,
+    listen: std::net::SocketAddr,
+    options: translate::Options,
+) -> Result<ExitCode, String> {
+    let started = Instant::now();
+    let first = source::snapshot(&dir, &options, started).map_err(|e| e.to_string())?;
+    tracing::info!(
+        dir = %dir.display(),
+        versions = %first.versions(),
+        translate_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "configuration loaded"
+    );
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(first));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "xds server listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(xds::Ads::new(rx).service())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+    tokio::select! {
+        r = server => r.map_err(|e| e.to_string())?,
+        r = source::watch_dir(dir, options, tx) => r?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

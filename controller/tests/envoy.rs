@@ -1,0 +1,450 @@
+//! The controller against the real Envoy 1.40: rendered bootstraps pass `envoy --mode validate`,
+//! and `serve` drives two Envoys over gRPC ADS while a MiniRPC client keeps calling on one
+//! long-lived connection and the route file is rewritten under it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meltemi_e2e::envoy::{envoy_binary, Envoy};
+use meltemi_e2e::minirpc_peer::{self, Client, Server};
+use meltemi_e2e::workspace::{build_wasm, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meltemi-controller");
+
+fn testdata() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/minirpc")
+}
+
+fn controller(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run meltemi-controller")
+}
+
+/// A fresh temporary directory, removed on drop unless the test failed.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("meltemi-ctl-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("files kept in {}", self.0.display());
+        }
+    }
+}
+
+#[test]
+fn rendered_bootstraps_pass_envoy_validate() {
+    let wasm = build_wasm("minirpc");
+    let dir = TempDir::new("validate");
+    let module = format!("minirpc={}", wasm.display());
+    for (name, args) in [
+        (
+            "static.json",
+            vec![
+                "bootstrap",
+                "--dir",
+                testdata().to_str().unwrap_or_default(),
+                "--module",
+                &module,
+            ],
+        ),
+        ("ads.json", vec!["bootstrap", "--xds", "127.0.0.1:18000"]),
+    ] {
+        let file = dir.0.join(name);
+        let mut args = args.clone();
+        args.extend(["-o", file.to_str().unwrap_or_default()]);
+        let out = controller(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = Command::new(envoy_binary())
+            .args(["--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run envoy");
+        let log =
+            String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+        assert!(
+            v.status.success() && log.contains("OK"),
+            "{name} refused:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn check_lists_skipped_and_names_file_resource_field() {
+    let out = controller(&["check", testdata().to_str().unwrap_or_default()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("skipped: ") && text.contains("Deployment meta/demo-v1"),
+        "{text}"
+    );
+    assert!(text.contains("outbound|29000|v2|demo"), "{text}");
+
+    let dir = TempDir::new("check");
+    for f in ["protocol.yaml", "service.yaml"] {
+        std::fs::copy(testdata().join(f), dir.0.join(f)).expect("copy");
+    }
+    std::fs::write(dir.0.join("router.yaml"), router(&[("v1", 30), ("v3", 30)])).expect("write");
+    let out = controller(&["check", dir.0.to_str().unwrap_or_default()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("router.yaml (document 1): MetaRouter meta/demo: field `spec.routes[0].route`: weights sum to 60"), "{err}");
+    assert!(
+        err.contains(
+            "field `spec.routes[0].route[1].destination.subset`: subset `v3` is not defined"
+        ),
+        "{err}"
+    );
+}
+
+/// A MetaRouter for `demo` sending everything to the weighted subsets.
+fn router(split: &[(&str, u32)]) -> String {
+    let mut s = String::from(
+        "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\nmetadata: {name: demo, namespace: meta}\nspec:\n  hosts: [demo]\n  routes:\n  - name: all\n    route:\n",
+    );
+    for (subset, weight) in split {
+        s.push_str(&format!(
+            "    - destination: {{host: demo, subset: {subset}}}\n      weight: {weight}\n"
+        ));
+    }
+    s
+}
+
+/// Writes `text` to `dir/name` atomically (rename), as editors and `kubectl`-style tools do,
+/// so that the controller never reads half a file.
+fn write_atomic(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// `meltemi-controller serve`, killed (by PID) on drop.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn start(dir: &Path, xds_port: u16, wasm: &Path, log: PathBuf) -> Controller {
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{xds_port}"), "--module"])
+            .arg(format!("minirpc={}", wasm.display()))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start meltemi-controller");
+        let c = Controller { child, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.logged("xds server listening") {
+            assert!(
+                Instant::now() < deadline,
+                "controller did not start:\n{}",
+                c.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("controller log:\n{}", self.text());
+        }
+    }
+}
+
+/// One call's outcome as the client saw it.
+#[derive(Debug, Clone)]
+struct Call {
+    sent: Instant,
+    /// `v1` / `v2` (the answering server's tag) or `error: …`.
+    outcome: String,
+}
+
+/// Calls `echo` on one connection until stopped, recording every outcome.
+fn caller(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    calls: Arc<Mutex<Vec<Call>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut client = Client::connect(port);
+        let mut id = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            id += 1;
+            let sent = Instant::now();
+            client.send(&minirpc_peer::request(id, "echo", &[], b"x"));
+            let outcome = match client.recv() {
+                Ok(f) if f.kind == minirpc::kind::RESPONSE && f.id == id => {
+                    String::from_utf8_lossy(&f.payload)
+                        .trim_end_matches(":x")
+                        .to_owned()
+                }
+                Ok(f) => format!("error: kind {} id {} {:?}", f.kind, f.id, f.headers),
+                Err(e) => format!("error: {e}"),
+            };
+            let failed = outcome.starts_with("error");
+            if let Ok(mut c) = calls.lock() {
+                c.push(Call { sent, outcome });
+            }
+            if failed {
+                return; // the connection is no longer trustworthy
+            }
+        }
+    })
+}
+
+/// Waits until a call sent after `since` answers with `tag`; returns how long after `since`.
+fn wait_for(calls: &Mutex<Vec<Call>>, since: Instant, tag: &str) -> Duration {
+    let deadline = since + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = calls.lock() {
+            if let Some(call) = c.iter().find(|c| c.sent >= since && c.outcome == tag) {
+                return call.sent - since;
+            }
+        }
+        assert!(Instant::now() < deadline, "no `{tag}` answer within 10 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Outcomes of calls sent after `since`, waiting until there are at least `n`.
+fn outcomes_after(calls: &Mutex<Vec<Call>>, since: Instant, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = calls.lock() {
+            let after: Vec<String> = c
+                .iter()
+                .filter(|c| c.sent >= since)
+                .map(|c| c.outcome.clone())
+                .collect();
+            if after.len() >= n {
+                return after;
+            }
+        }
+        assert!(Instant::now() < deadline, "fewer than {n} calls in 20 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn rds_updates(envoy: &Envoy, port: u16) -> u64 {
+    envoy.stat(&format!(
+        "http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success"
+    ))
+}
+
+fn wait_stat(envoy: &Envoy, what: &str, f: impl Fn(&Envoy) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f(envoy) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not reached in 10 s:\n{}",
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn live_route_changes_on_one_connection_through_ads() {
+    let wasm = build_wasm("minirpc");
+    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+    let (port, xds, admin1, admin2) = (free_port(), free_port(), free_port(), free_port());
+    let dir = TempDir::new("live");
+    let config = dir.0.join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::copy(
+        testdata().join("protocol.yaml"),
+        config.join("protocol.yaml"),
+    )
+    .expect("copy");
+    let service = std::fs::read_to_string(testdata().join("service.yaml"))
+        .expect("service.yaml")
+        .replace("29000", &port.to_string())
+        .replace("29101", &v1.port.to_string())
+        .replace("29102", &v2.port.to_string());
+    std::fs::write(config.join("service.yaml"), service).expect("write");
+    std::fs::write(config.join("router.yaml"), router(&[("v1", 100)])).expect("write");
+
+    let ctl = Controller::start(&config, xds, &wasm, dir.0.join("controller.log"));
+    // Two Envoys on the same controller (SO_REUSEPORT lets both bind the listener port).
+    let envoys: Vec<Envoy> = [admin1, admin2]
+        .iter()
+        .enumerate()
+        .map(|(i, admin)| {
+            let out = controller(&[
+                "bootstrap",
+                "--xds",
+                &format!("127.0.0.1:{xds}"),
+                "--admin-port",
+                &admin.to_string(),
+                "--node-id",
+                &format!("envoy-{i}"),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Envoy::start(
+                &format!("ctl-{i}"),
+                &String::from_utf8_lossy(&out.stdout),
+                *admin,
+            )
+        })
+        .collect();
+    for e in &envoys {
+        wait_stat(e, "listener active", |e| {
+            e.stat("listener_manager.total_listeners_active") >= 1
+        });
+        wait_stat(e, "first RDS", |e| rds_updates(e, port) >= 1);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let worker = caller(port, Arc::clone(&stop), Arc::clone(&calls));
+    let start = Instant::now();
+    wait_for(&calls, start, "v1");
+
+    // Flip v1 → v2.
+    let updates: Vec<u64> = envoys.iter().map(|e| rds_updates(e, port)).collect();
+    let t = Instant::now();
+    write_atomic(&config, "router.yaml", &router(&[("v2", 100)]));
+    let flip = wait_for(&calls, t, "v2");
+    let seen_at = Instant::now();
+    let after: Vec<String> = outcomes_after(&calls, seen_at + Duration::from_millis(1), 50);
+    assert!(after.iter().all(|o| o == "v2"), "after the flip: {after:?}");
+    for (e, before) in envoys.iter().zip(&updates) {
+        wait_stat(e, "RDS update on every Envoy", |e| {
+            rds_updates(e, port) > *before
+        });
+    }
+
+    // A 50/50 split.
+    let t = Instant::now();
+    write_atomic(&config, "router.yaml", &router(&[("v1", 50), ("v2", 50)]));
+    let split = wait_for(&calls, t, "v1");
+    let seen_at = Instant::now();
+    let after = outcomes_after(&calls, seen_at, 400);
+    let n1 = after.iter().filter(|o| *o == "v1").count();
+    let n2 = after.iter().filter(|o| *o == "v2").count();
+    assert!(
+        n1 > 120 && n2 > 120,
+        "50/50 split over {}: v1={n1} v2={n2}",
+        after.len()
+    );
+
+    // An invalid change: weights summing to 60. Rejected, logged, nothing changes.
+    let updates: Vec<u64> = envoys.iter().map(|e| rds_updates(e, port)).collect();
+    write_atomic(&config, "router.yaml", &router(&[("v1", 30), ("v2", 30)]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl.logged("weights sum to 60") {
+        assert!(
+            Instant::now() < deadline,
+            "rejection not logged:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = ctl.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("weights sum to 60"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("router.yaml")
+            && line.contains("MetaRouter meta/demo")
+            && line.contains("spec.routes[0].route"),
+        "{line}"
+    );
+    let t = Instant::now();
+    let after = outcomes_after(&calls, t, 200);
+    assert!(
+        after.iter().any(|o| o == "v1") && after.iter().any(|o| o == "v2"),
+        "split kept: {after:?}"
+    );
+    for (e, before) in envoys.iter().zip(&updates) {
+        assert_eq!(
+            rds_updates(e, port),
+            *before,
+            "an invalid change reached Envoy"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("caller thread");
+    let calls = calls.lock().expect("calls").clone();
+    let failed: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.outcome.starts_with("error"))
+        .collect();
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+    // One client connection in total, across both Envoys: no reconnect happened.
+    let connections: u64 = envoys
+        .iter()
+        .map(|e| e.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total")))
+        .sum();
+    assert_eq!(connections, 1, "client connections accepted");
+
+    let acks: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("(ACK)") && l.contains("xds=\"rds\""))
+        .filter_map(|l| {
+            l.split("change_to_ack_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    eprintln!(
+        "calls: {} on one connection, 0 failed; file write → new routing seen by the client: flip {:.1} ms, split {:.1} ms; file change → Envoy RDS ACK (ms, per Envoy and change): {acks:?}",
+        calls.len(),
+        flip.as_secs_f64() * 1000.0,
+        split.as_secs_f64() * 1000.0
+    );
+    assert!(flip < Duration::from_secs(1) && split < Duration::from_secs(1));
+    drop(envoys);
+    drop(ctl);
+}
