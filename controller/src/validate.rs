@@ -469,3 +469,98 @@ fn durations(policy: &Option<crate::model::TrafficPolicy>) -> Vec<(&'static str,
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{load_text, Loaded};
+    use crate::translate::tests::DEMO;
+
+    fn problems(extra: &str) -> Vec<String> {
+        let mut loaded = Loaded::default();
+        load_text("d.yaml", &format!("{DEMO}\n---\n{extra}"), &mut loaded);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        validate(&loaded.inputs)
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_is_valid() {
+        assert_eq!(problems(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn rejections_name_resource_and_field() {
+        let p = problems(
+            r#"
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {name: second, namespace: meta}
+spec:
+  hosts: [demo]
+  routes:
+  - route: [{destination: {host: demo}}]
+  - match: {attributes: {method: {exact: a, prefix: b}, user: {regex: "("}}}
+    route:
+    - {destination: {host: nowhere}, weight: 50}
+    - {destination: {host: demo, subset: v9, port: {number: 1}}, weight: 40}
+    mirror: {host: demo}
+    mirrorPercentage: {value: 120}
+    requestMutation: [{key: "", value: x}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: other, namespace: meta}
+spec:
+  hosts: [demo, other]
+  ports:
+  - {number: 9000, name: tcp-metaprotocol-thrift-x}
+  - {number: 9001, name: tcp-metaprotocol-kafka}
+  endpoints: [{address: db.example}]
+"#,
+        );
+        let want = [
+            "MetaRouter meta/second: field `spec.hosts[0]`: host demo is already routed by MetaRouter meta/demo",
+            "MetaRouter meta/second: field `spec.routes[0].match`: only the last route",
+            "field `spec.routes[1].match.attributes.method`: give one of exact, prefix, regex",
+            "field `spec.routes[1].match.attributes.user.regex`: invalid regex",
+            "field `spec.routes[1].route`: weights sum to 90",
+            "field `spec.routes[1].route[0].destination.host`: host `nowhere` is not a host",
+            "field `spec.routes[1].route[1].destination.port.number`: demo has no Meltemi port 1",
+            "field `spec.routes[1].route[1].destination.subset`: subset `v9` is not defined",
+            "field `spec.routes[1].mirrorPercentage.value`: must be 0..100",
+            "field `spec.routes[1].requestMutation[0].key`: missing",
+            "ServiceEntry meta/other: field `spec.ports[0].number`: port 9000 carries `thrift` here but `minirpc`",
+            "ServiceEntry meta/other: field `spec.ports[1].name`: protocol `kafka` is unknown",
+            "ServiceEntry meta/other: field `spec.hosts[0]`: host demo is already defined by ServiceEntry meta/demo",
+            "ServiceEntry meta/other: field `spec.endpoints[0].address`: `db.example` is not an IP address",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|p| p.contains(w)),
+                "missing {w:?} in:\n{}",
+                p.join("\n")
+            );
+        }
+        assert!(
+            p.iter().all(|p| p.starts_with("d.yaml (document ")),
+            "{p:?}"
+        );
+        assert_eq!(p.len(), want.len(), "{}", p.join("\n"));
+    }
+
+    #[test]
+    fn one_host_per_router() {
+        let p = problems(
+            "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\nmetadata: {name: two}\nspec:\n  hosts: [a, b]\n  routes: []\n",
+        );
+        assert!(
+            p.iter().any(|p| p.contains(
+                "MetaRouter default/two: field `spec.hosts`: exactly one host is required, found 2"
+            )),
+            "{p:?}"
+        );
+    }
+}

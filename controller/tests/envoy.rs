@@ -273,6 +273,12 @@ fn rds_updates(envoy: &Envoy, port: u16) -> u64 {
     ))
 }
 
+fn rds_rejected(envoy: &Envoy, port: u16) -> u64 {
+    envoy.stat(&format!(
+        "http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_rejected"
+    ))
+}
+
 fn wait_stat(envoy: &Envoy, what: &str, f: impl Fn(&Envoy) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !f(envoy) {
@@ -411,6 +417,62 @@ fn live_route_changes_on_one_connection_through_ads() {
         );
     }
 
+    // A change the controller's checks pass but Envoy refuses: a regex over RE2's program-size
+    // limit (Envoy's `re2.max_program_size.error_level`, 100). Envoy NACKs, the controller logs
+    // Envoy's message, routing stays the split; the next good change is applied.
+    let rejected: Vec<u64> = envoys.iter().map(|e| rds_rejected(e, port)).collect();
+    let big = "(abcdefghij){30}";
+    write_atomic(
+        &config,
+        "router.yaml",
+        &format!(
+            "{}  - name: huge\n    match: {{attributes: {{user: {{regex: \"{big}\"}}}}}}\n    route: [{{destination: {{host: demo, subset: v1}}}}]\n",
+            router(&[("v2", 100)]).replace("  - name: all\n", "  - name: all\n    match: {attributes: {never: {exact: x}}}\n")
+        ),
+    );
+    for (e, before) in envoys.iter().zip(&rejected) {
+        wait_stat(e, "RDS NACK", |e| rds_rejected(e, port) > *before);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ctl.logged("(NACK)") {
+        assert!(
+            Instant::now() < deadline,
+            "NACK not logged:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = ctl.text();
+    let nack = log
+        .lines()
+        .find(|l| l.contains("(NACK)"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        nack.contains("program size") && nack.contains("xds=\"rds\""),
+        "{nack}"
+    );
+    let t = Instant::now();
+    let after = outcomes_after(&calls, t, 200);
+    assert!(
+        after.iter().any(|o| o == "v1") && after.iter().any(|o| o == "v2"),
+        "split kept after the NACK: {after:?}"
+    );
+    // (A `v1` answer alone proves nothing here: the split sends v1 too. Wait for Envoy's RDS
+    // update, then every answer must be v1.)
+    let updates: Vec<u64> = envoys.iter().map(|e| rds_updates(e, port)).collect();
+    let t = Instant::now();
+    write_atomic(&config, "router.yaml", &router(&[("v1", 100)]));
+    for (e, before) in envoys.iter().zip(&updates) {
+        wait_stat(e, "RDS update after the NACK", |e| {
+            rds_updates(e, port) > *before
+        });
+    }
+    let recovered = t.elapsed();
+    let seen_at = Instant::now();
+    let after = outcomes_after(&calls, seen_at + Duration::from_millis(1), 50);
+    assert!(after.iter().all(|o| o == "v1"), "after recovery: {after:?}");
+
     stop.store(true, Ordering::SeqCst);
     worker.join().expect("caller thread");
     let calls = calls.lock().expect("calls").clone();
@@ -426,6 +488,7 @@ fn live_route_changes_on_one_connection_through_ads() {
         .sum();
     assert_eq!(connections, 1, "client connections accepted");
 
+    let log = ctl.text();
     let acks: Vec<f64> = log
         .lines()
         .filter(|l| l.contains("(ACK)") && l.contains("xds=\"rds\""))
@@ -439,10 +502,11 @@ fn live_route_changes_on_one_connection_through_ads() {
         })
         .collect();
     eprintln!(
-        "calls: {} on one connection, 0 failed; file write → new routing seen by the client: flip {:.1} ms, split {:.1} ms; file change → Envoy RDS ACK (ms, per Envoy and change): {acks:?}",
+        "calls: {} on one connection, 0 failed; file write → new routing seen by the client: flip {:.1} ms, split {:.1} ms, after a NACK both Envoys updated within {:.1} ms; file change → Envoy RDS ACK (ms, per Envoy and change): {acks:?}",
         calls.len(),
         flip.as_secs_f64() * 1000.0,
-        split.as_secs_f64() * 1000.0
+        split.as_secs_f64() * 1000.0,
+        recovered.as_secs_f64() * 1000.0
     );
     assert!(flip < Duration::from_secs(1) && split < Duration::from_secs(1));
     drop(envoys);
