@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{Inputs, Object, ObjectMeta, Source, AERAKI_API};
+use crate::model::{
+    port_protocol, Inputs, KubeServiceSpec, Object, ObjectMeta, Source, AERAKI_API,
+};
 
 /// One problem found while loading or validating, in terms a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct Skipped {
 /// The result of loading a directory.
 #[derive(Debug, Default)]
 pub struct Loaded {
+    /// Namespace given to resources without one (`kubectl apply -n` semantics; `default`).
+    pub default_namespace: Option<String>,
     /// The resources read.
     pub inputs: Inputs,
     /// Other documents, skipped.
@@ -80,9 +84,12 @@ pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Loads every file of `dir`. An unreadable directory is the only hard error.
-pub fn load_dir(dir: &Path) -> Result<Loaded, String> {
+pub fn load_dir(dir: &Path, default_namespace: Option<&str>) -> Result<Loaded, String> {
     let paths = files(dir).map_err(|e| format!("cannot read directory {}: {e}", dir.display()))?;
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        default_namespace: default_namespace.map(str::to_owned),
+        ..Loaded::default()
+    };
     for path in paths {
         let file = path.display().to_string();
         match std::fs::read_to_string(&path) {
@@ -139,7 +146,7 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
     }
     let api = doc["apiVersion"].as_str().unwrap_or("").to_owned();
     let kind = doc["kind"].as_str().unwrap_or("").to_owned();
-    let meta: ObjectMeta = match doc.get("metadata") {
+    let mut meta: ObjectMeta = match doc.get("metadata") {
         Some(m) => match serde_json::from_value(m.clone()) {
             Ok(meta) => meta,
             Err(e) => {
@@ -154,6 +161,9 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
         },
         None => ObjectMeta::default(),
     };
+    if meta.namespace.is_none() {
+        meta.namespace = loaded.default_namespace.clone();
+    }
     let group = api.split('/').next().unwrap_or("");
     let spec = doc.get("spec").cloned().unwrap_or(Value::Null);
     let inputs = &mut loaded.inputs;
@@ -195,6 +205,30 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        ("v1", "Service") => {
+            let mut services = Vec::new();
+            push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);
+            for svc in services {
+                let ns = svc.namespace().to_owned();
+                let spec = svc.spec.to_service_entry(&svc.meta.name, &ns);
+                // A Service without Meltemi ports is not ours: list it as skipped.
+                if spec.ports.iter().any(|p| port_protocol(&p.name).is_some()) {
+                    inputs.service_entries.push(Object {
+                        meta: svc.meta,
+                        spec,
+                        source: svc.source,
+                    });
+                } else {
+                    loaded.skipped.push(Skipped {
+                        source: svc.source,
+                        what: format!(
+                            "{api} {kind} {ns}/{} (no tcp-metaprotocol-* port)",
+                            svc.meta.name
+                        ),
+                    });
+                }
+            }
+        }
         _ => loaded.skipped.push(Skipped {
             source,
             what: format!(
@@ -220,7 +254,7 @@ fn push<T: DeserializeOwned + Default>(
         meta.namespace.as_deref().unwrap_or("default"),
         meta.name
     );
-    if kind != "ServiceEntry" && kind != "DestinationRule" && api != AERAKI_API {
+    if api.starts_with("metaprotocol.aeraki.io/") && api != AERAKI_API {
         problems.push(Problem {
             source,
             resource,

@@ -99,6 +99,9 @@ struct Common {
     /// Address the front listeners bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind: String,
+    /// Namespace of resources that name none, as `kubectl apply -n` (default: `default`).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -157,6 +160,7 @@ impl Common {
             modules,
             bind: self.bind.clone(),
             build: Build::Wasm,
+            namespace: self.namespace.clone(),
         })
     }
 }
@@ -236,7 +240,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
 
 fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
     let mut options = common.options()?;
-    let loaded = load::load_dir(dir)?;
+    let loaded = load::load_dir(dir, options.namespace.as_deref())?;
     // Without --module, check still translates, with placeholder module paths.
     for p in validate::known_protocols(&loaded.inputs) {
         options.modules.entry(p.clone()).or_insert(Module {
@@ -246,6 +250,15 @@ fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
     }
     for s in &loaded.skipped {
         println!("skipped: {}: {}", s.source, s.what);
+    }
+    for se in &loaded.inputs.service_entries {
+        if se.spec.endpoints.is_empty() && se.spec.workload_selector.is_some() {
+            println!(
+                "note: {}: {}: endpoints come from a workload selector, which needs the Kubernetes source; from files the service has no endpoints",
+                se.source,
+                se.id("ServiceEntry")
+            );
+        }
     }
     let (_, r) = match source::build(dir, &options) {
         Ok(x) => x,

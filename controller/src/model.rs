@@ -390,6 +390,65 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
 }
 
+/// A Kubernetes `Service` port.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeServicePort {
+    /// Port name (`tcp-metaprotocol-<protocol>-…` for Meltemi ports).
+    #[serde(default)]
+    pub name: String,
+    /// Service port.
+    #[serde(default)]
+    pub port: u32,
+    /// Container port: a number or a named port (a name needs the Kubernetes source).
+    #[serde(default)]
+    pub target_port: Option<serde_json::Value>,
+    /// `TCP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `Service.spec` (Kubernetes core v1), read as a ServiceEntry for
+/// `<name>.<namespace>.svc.cluster.local` without endpoints: from files the selector cannot
+/// be resolved.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeServiceSpec {
+    /// Pod selector.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<KubeServicePort>,
+}
+
+impl KubeServiceSpec {
+    /// The equivalent ServiceEntry spec for a Service `name` in `namespace`.
+    pub fn to_service_entry(&self, name: &str, namespace: &str) -> ServiceEntrySpec {
+        ServiceEntrySpec {
+            hosts: vec![format!("{name}.{namespace}.svc.cluster.local")],
+            ports: self
+                .ports
+                .iter()
+                .map(|p| ServicePort {
+                    number: p.port,
+                    protocol: p.protocol.clone(),
+                    name: p.name.clone(),
+                    target_port: p
+                        .target_port
+                        .as_ref()
+                        .and_then(|t| t.as_u64())
+                        .and_then(|t| u32::try_from(t).ok()),
+                })
+                .collect(),
+            workload_selector: (!self.selector.is_empty()).then(|| WorkloadSelector {
+                labels: self.selector.clone(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// Everything loaded from a source.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {

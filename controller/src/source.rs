@@ -40,7 +40,7 @@ impl std::fmt::Display for Rejected {
 
 /// Loads, validates and translates `dir`.
 pub fn build(dir: &Path, options: &Options) -> Result<(Loaded, Resources), Rejected> {
-    let mut loaded = load::load_dir(dir).map_err(Rejected::Fatal)?;
+    let mut loaded = load::load_dir(dir, options.namespace.as_deref()).map_err(Rejected::Fatal)?;
     let mut problems = std::mem::take(&mut loaded.problems);
     problems.extend(crate::validate::validate(&loaded.inputs));
     if !problems.is_empty() {

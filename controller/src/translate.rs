@@ -34,6 +34,8 @@ pub struct Options {
     pub bind: String,
     /// Data path.
     pub build: Build,
+    /// Namespace of resources that name none (`kubectl apply -n`); `default` when `None`.
+    pub namespace: Option<String>,
 }
 
 /// Envoy resources by type, each keyed (and so sorted) by resource name.
@@ -589,6 +591,7 @@ spec:
             .into(),
             bind: "127.0.0.1".into(),
             build: Build::Wasm,
+            namespace: None,
         }
     }
 
@@ -692,6 +695,63 @@ spec:
         );
         let e = translate(&inputs(&text), &Options::default()).unwrap_err();
         assert!(e.0.contains("--module minirpc="), "{e}");
+    }
+
+    #[test]
+    fn dubbo_interface_level_services_share_a_port() {
+        let text = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: a, namespace: d}
+spec:
+  hosts: [org.example.a]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: b, namespace: d}
+spec:
+  hosts: [org.example.b]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+"#;
+        let mut o = options();
+        o.modules.insert(
+            "dubbo".into(),
+            Module {
+                source: ModuleSource::Remote {
+                    url: "https://modules.example/dubbo.wasm".into(),
+                    sha256: "ab".repeat(32),
+                },
+                failure_policy: FailurePolicy::Open,
+            },
+        );
+        let r = translate(&inputs(text), &o).unwrap();
+        let wasm = &r.listeners["127.0.0.1_20880"]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["config"];
+        // Two hosts on the port: each message's `service` metadata (the interface) picks it.
+        assert_eq!(wasm["configuration"]["value"], r#"{"role":"front"}"#);
+        assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
+        assert_eq!(
+            wasm["vm_config"]["code"]["remote"]["sha256"],
+            "ab".repeat(32)
+        );
+        assert_eq!(
+            wasm["vm_config"]["code"]["remote"]["http_uri"]["cluster"],
+            "meltemi_module|modules.example|443"
+        );
+        assert!(r
+            .clusters
+            .contains_key("meltemi_module|modules.example|443"));
+        let vhosts = r.routes["meltemi_20880"]["virtual_hosts"]
+            .as_array()
+            .unwrap();
+        assert_eq!(vhosts.len(), 3);
+        assert_eq!(vhosts[2]["domains"][0], "org.example.b");
+        assert_eq!(
+            vhosts[2]["routes"][0]["route"]["cluster"],
+            "outbound|20880||org.example.b"
+        );
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
     }
 
     #[test]

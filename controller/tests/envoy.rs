@@ -120,6 +120,59 @@ fn check_lists_skipped_and_names_file_resource_field() {
     );
 }
 
+#[test]
+fn aeraki_shaped_thrift_and_dubbo_demos_are_accepted() {
+    let dir = |d: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(d)
+    };
+    let thrift = dir("aeraki-thrift");
+    let out = controller(&[
+        "check",
+        "-n",
+        "meta-thrift",
+        thrift.to_str().unwrap_or_default(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "apps/v1 Deployment meta-thrift/thrift-sample-server-v1",
+        "v1 Service meta-thrift/web (no tcp-metaprotocol-* port)",
+        "127.0.0.1_9090",
+        "thrift-sample-server.meta-thrift.svc.cluster.local:9090 (2 routes)",
+        "outbound|9090|v2|thrift-sample-server.meta-thrift.svc.cluster.local",
+        "needs the Kubernetes source",
+    ] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
+    // Without `-n meta-thrift` the Service lands in `default` and the MetaRouter's host is unknown.
+    let out = controller(&["check", thrift.to_str().unwrap_or_default()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("metarouter.yaml (document 1): MetaRouter meta-thrift/test-metaprotocol-thrift-route: field `spec.hosts[0]`"), "{err}");
+
+    let dubbo = dir("aeraki-dubbo");
+    let out = controller(&["check", dubbo.to_str().unwrap_or_default()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "org.apache.dubbo.samples.basic.api.demoservice:20880 (1 routes)",
+        "org.apache.dubbo.samples.basic.api.testservice:20880 (1 routes)",
+        "meltemi_server|20880||org.apache.dubbo.samples.basic.api.testservice (2 endpoints)",
+    ] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
+}
+
 /// A MetaRouter for `demo` sending everything to the weighted subsets.
 fn router(split: &[(&str, u32)]) -> String {
     let mut s = String::from(
