@@ -308,7 +308,7 @@ async fn serve(
     options: translate::Options,
 ) -> Result<ExitCode, String> {
     let started = Instant::now();
-    let first = source::snapshot(&dir, &options, started).map_err(|e| e.to_string())?;
+    let first = source::snapshot(&dir, &options, started, None).map_err(|e| e.to_string())?;
     tracing::info!(
         dir = %dir.display(),
         versions = %first.versions(),

@@ -51,13 +51,19 @@ pub fn build(dir: &Path, options: &Options) -> Result<(Loaded, Resources), Rejec
     Ok((loaded, resources))
 }
 
-/// [`build`] plus encoding for xDS (which checks every resource against Envoy's schema).
-pub fn snapshot(dir: &Path, options: &Options, changed_at: Instant) -> Result<Snapshot, Rejected> {
+/// [`build`] plus encoding for xDS (which checks every resource against Envoy's schema),
+/// re-using `previous`'s encoding of unchanged resources.
+pub fn snapshot(
+    dir: &Path,
+    options: &Options,
+    changed_at: Instant,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Rejected> {
     let (loaded, resources) = build(dir, options)?;
     for s in &loaded.skipped {
         tracing::debug!(source = %s.source, what = %s.what, "skipped document of another kind");
     }
-    Snapshot::new(&resources, changed_at).map_err(Rejected::Fatal)
+    Snapshot::update(&resources, changed_at, previous).map_err(Rejected::Fatal)
 }
 
 /// Watches `dir` and publishes a new snapshot into `tx` after every valid change. Runs until
@@ -92,7 +98,8 @@ pub async fn watch_dir(
             }
         }
         let started = Instant::now();
-        match snapshot(&dir, &options, first) {
+        let previous = Arc::clone(&tx.borrow());
+        match snapshot(&dir, &options, first, Some(&previous)) {
             Ok(s) => {
                 if s.versions() == tx.borrow().versions() {
                     tracing::debug!("change without effect on the served configuration");

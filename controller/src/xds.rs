@@ -29,13 +29,22 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::proto;
 use crate::translate::Resources;
 
+/// One resource: its JSON (to recognise it unchanged next time), hash and encoding.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    json: serde_json::Value,
+    hash: String,
+    /// The protobuf `Any` sent to Envoy.
+    pub any: Any,
+}
+
 /// The resources of one type, encoded, with their content version.
 #[derive(Debug, Clone, Default)]
 pub struct TypeSnapshot {
-    /// Hash of the resources' JSON.
+    /// Hash over the resources' names and content hashes.
     pub version: String,
-    /// Name → encoded resource.
-    pub resources: BTreeMap<String, Any>,
+    /// Name → encoded resource (shared with the snapshots that have it unchanged).
+    pub resources: BTreeMap<String, Arc<Encoded>>,
 }
 
 /// Everything served, by type URL.
@@ -50,13 +59,27 @@ pub struct Snapshot {
 /// Short content hash of `v` (serde_json maps are sorted, so equal content = equal text).
 pub fn content_hash(v: &impl serde::Serialize) -> String {
     let text = serde_json::to_vec(v).unwrap_or_default();
-    let digest = Sha256::digest(&text);
+    hex(&Sha256::digest(&text))
+}
+
+fn hex(digest: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 impl Snapshot {
     /// Encodes `resources`; the error names the resource Envoy's schema refuses.
     pub fn new(resources: &Resources, changed_at: Instant) -> Result<Snapshot, String> {
+        Snapshot::update(resources, changed_at, None)
+    }
+
+    /// Like [`Snapshot::new`], re-using the encoding of every resource `previous` already has
+    /// with the same content: a change to one service re-encodes that service only. The
+    /// versions do not depend on `previous`, so replicas agree whatever their history.
+    pub fn update(
+        resources: &Resources,
+        changed_at: Instant,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
         let mut types = BTreeMap::new();
         for (type_url, map) in [
             (proto::LISTENER, &resources.listeners),
@@ -64,15 +87,31 @@ impl Snapshot {
             (proto::CLUSTER, &resources.clusters),
             (proto::ENDPOINT, &resources.endpoints),
         ] {
+            let old = previous.and_then(|p| p.types.get(type_url));
             let mut encoded = BTreeMap::new();
+            let mut version = Sha256::new();
             for (name, json) in map {
-                let any = proto::to_any(type_url, json).map_err(|e| format!("{name}: {e}"))?;
-                encoded.insert(name.clone(), any);
+                let reused = old
+                    .and_then(|o| o.resources.get(name))
+                    .filter(|e| &e.json == json)
+                    .cloned();
+                let e = match reused {
+                    Some(e) => e,
+                    None => Arc::new(Encoded {
+                        json: json.clone(),
+                        hash: content_hash(json),
+                        any: proto::to_any(type_url, json).map_err(|e| format!("{name}: {e}"))?,
+                    }),
+                };
+                version.update(name.as_bytes());
+                version.update([0]);
+                version.update(e.hash.as_bytes());
+                encoded.insert(name.clone(), e);
             }
             types.insert(
                 type_url,
                 TypeSnapshot {
-                    version: content_hash(map),
+                    version: hex(&version.finalize()),
                     resources: encoded,
                 },
             );
@@ -288,11 +327,11 @@ impl Session {
             return Ok(());
         };
         let resources: Vec<Any> = if sub.names.is_empty() || sub.names.iter().any(|n| n == "*") {
-            ts.resources.values().cloned().collect()
+            ts.resources.values().map(|e| e.any.clone()).collect()
         } else {
             sub.names
                 .iter()
-                .filter_map(|n| ts.resources.get(n).cloned())
+                .filter_map(|n| ts.resources.get(n).map(|e| e.any.clone()))
                 .collect()
         };
         self.nonce += 1;
