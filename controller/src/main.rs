@@ -1,6 +1,7 @@
 //! `meltemi-controller`: the command line. Subcommands `check`, `bootstrap` and `serve`; the
 //! work is done in the library modules, this file only parses flags, prints and sets exit codes.
 
+mod envoyfilter;
 mod load;
 mod model;
 mod proto;
@@ -25,6 +26,8 @@ Examples:
   meltemi-controller check config/ --module thrift=/opt/meltemi/thrift.wasm
   meltemi-controller bootstrap --dir config/ --module thrift=/opt/meltemi/thrift.wasm -o envoy.yaml
   meltemi-controller bootstrap --xds 127.0.0.1:18000 --admin-port 9901 -o envoy.yaml
+  meltemi-controller envoyfilter --dir config/ --xds meltemi.istio-system.svc:18000 \\
+      --module thrift=https://example.com/thrift.wasm,sha256=<hex> > envoyfilters.yaml
   meltemi-controller serve --dir config/ --listen 127.0.0.1:18000 \\
       --module dubbo=https://example.com/dubbo.wasm,sha256=<hex>";
 
@@ -75,6 +78,35 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Write Istio EnvoyFilters that put the bridge into sidecars and gateways (routes over RDS
+    /// from `serve`).
+    Envoyfilter {
+        /// Directory of YAML/JSON files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// HOST:PORT of `meltemi-controller serve` as the proxies reach it.
+        #[arg(long)]
+        xds: String,
+        /// Namespace of the EnvoyFilters (the Istio root namespace applies them mesh-wide).
+        #[arg(long, default_value = "istio-system")]
+        filter_namespace: String,
+        /// Contexts to patch.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Ctx::Outbound, Ctx::Inbound, Ctx::Gateway])]
+        context: Vec<Ctx>,
+        /// Port of istiod's `virtualInbound` listener.
+        #[arg(long, default_value_t = 15006)]
+        inbound_port: u16,
+        /// Instead of the EnvoyFilters, print this Envoy bootstrap (YAML/JSON, e.g. a sidecar's
+        /// config dump as a bootstrap) with the patches applied as istiod would. Listeners are
+        /// told apart by `metadata.filter_metadata.meltemi.context` (SIDECAR_OUTBOUND, …).
+        #[arg(long)]
+        compose: Option<PathBuf>,
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Serve the directory over ADS (LDS, RDS, CDS, EDS), re-validated on every change.
     Serve {
         /// Directory of YAML/JSON files (watched).
@@ -83,9 +115,20 @@ enum Command {
         /// Address of the gRPC xDS server.
         #[arg(long, default_value = "127.0.0.1:18000")]
         listen: std::net::SocketAddr,
+        /// Serve Istio proxies patched by `envoyfilter` (routes name the `meltemi|…` bridge
+        /// clusters in front of istiod's `outbound|…`) instead of plain Envoy.
+        #[arg(long)]
+        istio: bool,
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Ctx {
+    Outbound,
+    Inbound,
+    Gateway,
 }
 
 #[derive(Args, Clone)]
@@ -161,6 +204,7 @@ impl Common {
             bind: self.bind.clone(),
             build: Build::Wasm,
             namespace: self.namespace.clone(),
+            target: translate::Target::Envoy,
         })
     }
 }
@@ -222,12 +266,34 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Envoyfilter {
+            dir,
+            xds,
+            filter_namespace,
+            context,
+            inbound_port,
+            compose,
+            output,
+            common,
+        } => envoyfilter_command(
+            &dir,
+            xds,
+            filter_namespace,
+            (&context, inbound_port),
+            compose.as_deref(),
+            output,
+            &common,
+        ),
         Command::Serve {
             dir,
             listen,
+            istio,
             common,
         } => {
-            let options = common.options()?;
+            let mut options = common.options()?;
+            if istio {
+                options.target = translate::Target::Istio;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -236,6 +302,80 @@ fn run(command: Command) -> Result<ExitCode, String> {
             runtime.block_on(serve(dir, listen, options))
         }
     }
+}
+
+fn envoyfilter_command(
+    dir: &std::path::Path,
+    xds: String,
+    filter_namespace: String,
+    (context, inbound_port): (&[Ctx], u16),
+    compose: Option<&std::path::Path>,
+    output: Option<PathBuf>,
+    common: &Common,
+) -> Result<ExitCode, String> {
+    let mut options = common.options()?;
+    options.target = translate::Target::Istio;
+    let (loaded, resources) = source::build(dir, &options).map_err(|e| e.to_string())?;
+    // Inbound bridges: one per (service port, workload port) of each Meltemi port.
+    let mut inbound: Vec<(u64, u64, String, Module)> = Vec::new();
+    for se in &loaded.inputs.service_entries {
+        for p in &se.spec.ports {
+            let Some(protocol) = model::port_protocol(&p.name) else {
+                continue;
+            };
+            if let Some(module) = options.modules.get(protocol) {
+                let entry = (
+                    u64::from(p.number),
+                    u64::from(p.target_port.unwrap_or(p.number)),
+                    protocol.to_owned(),
+                    module.clone(),
+                );
+                if !inbound
+                    .iter()
+                    .any(|(a, b, ..)| (*a, *b) == (entry.0, entry.1))
+                {
+                    inbound.push(entry);
+                }
+            }
+        }
+    }
+    let contexts = context
+        .iter()
+        .map(|c| match c {
+            Ctx::Outbound => envoyfilter::Context::SidecarOutbound,
+            Ctx::Inbound => envoyfilter::Context::SidecarInbound,
+            Ctx::Gateway => envoyfilter::Context::Gateway,
+        })
+        .collect();
+    let istio = envoyfilter::IstioOptions {
+        namespace: filter_namespace,
+        xds,
+        contexts,
+        inbound_port,
+    };
+    let filters = envoyfilter::envoy_filters(&resources, &istio, &inbound)?;
+    let mut text = String::new();
+    if let Some(path) = compose {
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut bootstrap: serde_json::Value = serde_saphyr::from_str(&raw)
+            .map_err(|e| format!("{}: not YAML/JSON: {e}", path.display()))?;
+        envoyfilter::apply(&mut bootstrap, &filters)?;
+        proto::parse(proto::BOOTSTRAP, &bootstrap)
+            .map_err(|e| format!("composed bootstrap does not fit Envoy's schema: {e}"))?;
+        text = serde_json::to_string_pretty(&bootstrap).map_err(|e| e.to_string())? + "\n";
+    } else {
+        for f in &filters {
+            text.push_str("---\n");
+            text.push_str(&serde_saphyr::to_string(f).map_err(|e| e.to_string())?);
+        }
+    }
+    match output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
@@ -322,7 +462,8 @@ async fn serve(
     tracing::info!(%listen, "xds server listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
-        .add_service(xds::Ads::new(rx).service())
+        .add_service(xds::Ads::new(rx.clone()).service())
+        .add_service(xds::Ads::new(rx).rds_service())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         });

@@ -36,6 +36,47 @@ pub struct Options {
     pub build: Build,
     /// Namespace of resources that name none (`kubectl apply -n`); `default` when `None`.
     pub namespace: Option<String>,
+    /// Plain Envoy or Istio sidecars/gateways.
+    pub target: Target,
+}
+
+/// Who runs the resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Plain Envoy: everything over ADS from this controller, endpoints from the ServiceEntries.
+    #[default]
+    Envoy,
+    /// Istio: istiod owns listeners, `outbound|…` clusters and endpoints; Meltemi adds the
+    /// bridge (EnvoyFilter patches), its `meltemi|…` clusters in front of Istio's, and serves
+    /// the routes over RDS from the `meltemi_xds` cluster.
+    Istio,
+}
+
+/// The cluster routes name for a destination: Aeraki's `outbound|…` on plain Envoy; on Istio,
+/// where istiod owns `outbound|…` (the real endpoints, mTLS), the bridge's own `meltemi|…`.
+pub fn route_cluster(target: Target, port: u32, subset: &str, host: &str) -> String {
+    match target {
+        Target::Envoy => cluster_name(port, subset, host),
+        Target::Istio => format!("meltemi|{port}|{subset}|{host}"),
+    }
+}
+
+/// Name of the xDS cluster Istio proxies reach the controller through.
+pub const ISTIO_XDS_CLUSTER: &str = "meltemi_xds";
+
+/// Where HCM gets its routes from.
+pub fn rds_config_source(target: Target) -> Value {
+    match target {
+        Target::Envoy => json!({"ads": {}, "resource_api_version": "V3"}),
+        Target::Istio => json!({
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": ISTIO_XDS_CLUSTER}}]
+            },
+            "resource_api_version": "V3"
+        }),
+    }
 }
 
 /// Envoy resources by type, each keyed (and so sorted) by resource name.
@@ -98,6 +139,7 @@ impl std::fmt::Display for Error {
 }
 
 struct Service<'a> {
+    target: Target,
     host: &'a str,
     port: u32,
     target_port: u32,
@@ -133,6 +175,7 @@ pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error>
                     .entry(port.number)
                     .or_insert_with(|| (protocol, Vec::new()));
                 entry.1.push(Service {
+                    target: options.target,
                     host,
                     port: port.number,
                     target_port: port.target_port.unwrap_or(port.number),
@@ -225,7 +268,7 @@ fn front_listener(
                     "generate_request_id": false,
                     "rds": {
                         "route_config_name": route_config_name(port),
-                        "config_source": {"ads": {}, "resource_api_version": "V3"}
+                        "config_source": rds_config_source(options.target)
                     },
                     "http_filters": template::http_filters()
                 }
@@ -293,11 +336,15 @@ fn destinations(
     }
     for (subset, labels) in subsets {
         let (port, host) = (svc.port, svc.host);
-        let (cluster, back, server) = (
-            cluster_name(port, subset, host),
+        let (cluster, back) = (
+            route_cluster(svc.target, port, subset, host),
             back_name(port, subset, host),
-            server_name(port, subset, host),
         );
+        // On Istio the back forwards to istiod's own cluster for the destination.
+        let server = match svc.target {
+            Target::Envoy => server_name(port, subset, host),
+            Target::Istio => cluster_name(port, subset, host),
+        };
         let eff = policy(svc.dr, subset);
         let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
         if let Some(http) = eff
@@ -322,6 +369,9 @@ fn destinations(
         out.clusters.insert(cluster.clone(), bridge);
         let listener = template::back_listener(options.build, &back, protocol, module, &server);
         out.listeners.insert(back.clone(), listener);
+        if svc.target == Target::Istio {
+            continue;
+        }
         out.clusters
             .insert(server.clone(), server_cluster(&server, &eff));
         let endpoints: Vec<Value> = svc
@@ -400,7 +450,7 @@ fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
 }
 
 fn default_route(svc: &Service<'_>) -> Value {
-    let mut action = json!({"cluster": cluster_name(svc.port, "", svc.host)});
+    let mut action = json!({"cluster": route_cluster(svc.target, svc.port, "", svc.host)});
     if let Some(h) = hash_policy(svc.dr, "") {
         action["hash_policy"] = json!([h]);
     }
@@ -414,7 +464,7 @@ fn dest_cluster(d: &Destination, svc: &Service<'_>) -> String {
         .map(|p| p.number)
         .filter(|n| *n != 0)
         .unwrap_or(svc.port);
-    cluster_name(port, d.subset.as_deref().unwrap_or(""), &d.host)
+    route_cluster(svc.target, port, d.subset.as_deref().unwrap_or(""), &d.host)
 }
 
 fn meta_route(
@@ -592,6 +642,7 @@ spec:
             bind: "127.0.0.1".into(),
             build: Build::Wasm,
             namespace: None,
+            target: Target::Envoy,
         }
     }
 

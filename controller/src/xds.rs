@@ -19,6 +19,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
 use envoy_types::pb::google::protobuf::Any;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -159,6 +162,67 @@ impl Ads {
     pub fn service(self) -> AggregatedDiscoveryServiceServer<Ads> {
         AggregatedDiscoveryServiceServer::new(self)
     }
+
+    /// The same snapshots as a plain RDS service: what Istio proxies use, their HCMs naming
+    /// the `meltemi_xds` cluster in an `api_config_source` (istiod keeps their ADS).
+    pub fn rds_service(self) -> RouteDiscoveryServiceServer<Ads> {
+        RouteDiscoveryServiceServer::new(self)
+    }
+
+    fn open(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+        only: Option<&'static str>,
+    ) -> AdsStream {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session {
+            inbound,
+            tx,
+            snapshots: self.snapshots.clone(),
+            subs: BTreeMap::new(),
+            node: String::new(),
+            peer,
+            nonce: 0,
+            control_plane: self.control_plane.clone(),
+            only,
+        };
+        tokio::spawn(session.run());
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl RouteDiscoveryService for Ads {
+    type StreamRoutesStream = AdsStream;
+    type DeltaRoutesStream = DeltaStream;
+
+    async fn stream_routes(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<AdsStream>, Status> {
+        Ok(Response::new(self.open(request, Some(proto::ROUTE))))
+    }
+
+    async fn delta_routes(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Err(Status::unimplemented(
+            "meltemi-controller serves state-of-the-world RDS",
+        ))
+    }
+
+    async fn fetch_routes(
+        &self,
+        _request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        Err(Status::unimplemented("use the RDS stream"))
+    }
 }
 
 #[derive(Default)]
@@ -184,24 +248,7 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<AdsStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let session = Session {
-            inbound,
-            tx,
-            snapshots: self.snapshots.clone(),
-            subs: BTreeMap::new(),
-            node: String::new(),
-            peer,
-            nonce: 0,
-            control_plane: self.control_plane.clone(),
-        };
-        tokio::spawn(session.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.open(request, None)))
     }
 
     async fn delta_aggregated_resources(
@@ -223,6 +270,8 @@ struct Session {
     peer: String,
     nonce: u64,
     control_plane: String,
+    /// The one type a non-aggregated stream serves (`None` for ADS).
+    only: Option<&'static str>,
 }
 
 impl Session {
@@ -264,7 +313,10 @@ impl Session {
                 tracing::info!(node = %self.node, peer = %self.peer, "envoy connected");
             }
         }
-        let type_url = req.type_url.clone();
+        let type_url = match self.only {
+            Some(only) => only.to_owned(),
+            None => req.type_url.clone(),
+        };
         let sub = self.subs.entry(type_url.clone()).or_default();
         if !req.response_nonce.is_empty() && req.response_nonce != sub.nonce {
             return Ok(()); // answers a response that a newer one superseded

@@ -822,3 +822,188 @@ fn fifty_route_changes_under_load_two_connections() {
     );
     drop(ctl);
 }
+
+#[test]
+fn envoyfilter_patches_compose_into_a_sidecar_envoy_validates() {
+    let wasm = build_wasm("minirpc");
+    let dir = TempDir::new("envoyfilter");
+    let composed = dir.0.join("composed.json");
+    let sidecar = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/istio-sidecar.yaml");
+    let out = controller(&[
+        "envoyfilter",
+        "--dir",
+        testdata().to_str().unwrap_or_default(),
+        "--xds",
+        "meltemi.istio-system.svc:18000",
+        "--module",
+        &format!("minirpc={}", wasm.display()),
+        "--compose",
+        sidecar.to_str().unwrap_or_default(),
+        "-o",
+        composed.to_str().unwrap_or_default(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&composed).expect("composed");
+    for want in [
+        "meltemi_front",
+        "meltemi|inbound|29000",
+        "meltemi_back|29000|v2|demo",
+        "meltemi_xds",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    let v = Command::new(envoy_binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(&composed)
+        .output()
+        .expect("run envoy");
+    let log = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+    assert!(
+        v.status.success() && log.contains("OK"),
+        "composed sidecar refused:\n{log}"
+    );
+
+    // The EnvoyFilters themselves: one per context and port, plus the shared bridge.
+    let out = controller(&[
+        "envoyfilter",
+        "--dir",
+        testdata().to_str().unwrap_or_default(),
+        "--xds",
+        "meltemi.istio-system.svc:18000",
+        "--module",
+        "minirpc=https://modules.example/minirpc.wasm,sha256=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&yaml).expect("EnvoyFilter YAML");
+    let names: Vec<&str> = docs
+        .iter()
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "meltemi-outbound-29000",
+            "meltemi-inbound-29000",
+            "meltemi-gateway-29000",
+            "meltemi-bridge"
+        ]
+    );
+    assert!(docs
+        .iter()
+        .all(|d| d["kind"] == "EnvoyFilter" && d["metadata"]["namespace"] == "istio-system"));
+    assert!(
+        yaml.contains("meltemi_module|modules.example|443"),
+        "{yaml}"
+    );
+}
+
+#[test]
+fn istio_shaped_sidecar_gets_live_routes_over_rds() {
+    let wasm = build_wasm("minirpc");
+    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+    let (port, inbound, xds, admin) = (free_port(), free_port(), free_port(), free_port());
+    let dir = TempDir::new("istio");
+    let config = dir.0.join("config");
+    demo_config(&config, port, &v1, &v2, &[("v1", 100)]);
+
+    // istiod's part, played by the stand-in sidecar bootstrap (gateway listener left out).
+    let raw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/istio-sidecar.yaml"),
+    )
+    .expect("istio-sidecar.yaml")
+    .replace("29000", &port.to_string())
+    .replace("29101", &v1.port.to_string())
+    .replace("29102", &v2.port.to_string())
+    .replace("15006", &inbound.to_string())
+    .replace("15000", &admin.to_string());
+    let mut sidecar: serde_json::Value = serde_saphyr::from_str(&raw).expect("sidecar YAML");
+    if let Some(ls) = sidecar["static_resources"]["listeners"].as_array_mut() {
+        ls.retain(|l| !l["name"].as_str().unwrap_or("").starts_with("gateway_"));
+    }
+    let sidecar_file = dir.0.join("sidecar.json");
+    std::fs::write(&sidecar_file, sidecar.to_string()).expect("write");
+
+    let log = dir.0.join("controller.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let child = Command::new(BIN)
+        .args(["serve", "--istio", "--dir"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
+        .arg(format!("minirpc={}", wasm.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start controller");
+    let ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl.logged("xds server listening") {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not start:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = controller(&[
+        "envoyfilter",
+        "--dir",
+        config.to_str().unwrap_or_default(),
+        "--xds",
+        &format!("127.0.0.1:{xds}"),
+        "--context",
+        "outbound,inbound",
+        "--inbound-port",
+        &inbound.to_string(),
+        "--module",
+        &format!("minirpc={}", wasm.display()),
+        "--compose",
+        sidecar_file.to_str().unwrap_or_default(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start("ctl-istio", &String::from_utf8_lossy(&out.stdout), admin);
+    wait_stat(&envoy, "first RDS", |e| rds_updates(e, port) >= 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let worker = caller(port, Arc::clone(&stop), Arc::clone(&calls));
+    wait_for(&calls, Instant::now(), "v1");
+    let t = Instant::now();
+    write_atomic(&config, "router.yaml", &router(&[("v2", 100)]));
+    let flip = wait_for(&calls, t, "v2");
+    let seen_at = Instant::now();
+    let after = outcomes_after(&calls, seen_at + Duration::from_millis(1), 50);
+    assert!(after.iter().all(|o| o == "v2"), "after the flip: {after:?}");
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("caller thread");
+    let calls = calls.lock().expect("calls").clone();
+    assert!(
+        calls.iter().all(|c| !c.outcome.starts_with("error")),
+        "failed calls"
+    );
+    // The bridge forwarded into istiod's own subset cluster.
+    assert!(
+        envoy.stat(&format!(
+            "cluster.outbound|{port}|v2|demo.upstream_cx_total"
+        )) >= 1
+    );
+    eprintln!(
+        "istio-shaped sidecar: {} calls, flip seen in {:.1} ms",
+        calls.len(),
+        flip.as_secs_f64() * 1000.0
+    );
+}
