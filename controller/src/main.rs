@@ -72,6 +72,18 @@ enum Command {
         /// Envoy node id.
         #[arg(long, default_value = "meltemi")]
         node_id: String,
+        /// Talk TLS to the xDS server, trusting this CA (PEM file path on the Envoy host).
+        #[arg(long, requires = "xds")]
+        xds_ca: Option<String>,
+        /// TLS server name (SNI) of the xDS server (default: its host).
+        #[arg(long, requires = "xds_ca")]
+        xds_sni: Option<String>,
+        /// Client certificate and key (PEM paths) for mutual TLS with the xDS server.
+        #[arg(long, requires_all = ["xds_ca", "xds_client_key"])]
+        xds_client_cert: Option<String>,
+        /// See --xds-client-cert.
+        #[arg(long, requires = "xds_client_cert")]
+        xds_client_key: Option<String>,
         /// Output file (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -119,6 +131,15 @@ enum Command {
         /// clusters in front of istiod's `outbound|…`) instead of plain Envoy.
         #[arg(long)]
         istio: bool,
+        /// Serve TLS with this certificate chain (PEM)…
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// …and this private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (PEM): mutual TLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         #[command(flatten)]
         common: Common,
     },
@@ -239,6 +260,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
             xds,
             admin_port,
             node_id,
+            xds_ca,
+            xds_sni,
+            xds_client_cert,
+            xds_client_key,
             output,
             common,
         } => {
@@ -254,6 +279,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 node_id,
                 node_cluster: "meltemi".into(),
                 xds,
+                tls: xds_ca.map(|ca| render::XdsTls {
+                    ca,
+                    sni: xds_sni,
+                    client: xds_client_cert.zip(xds_client_key),
+                }),
             };
             let b = render::bootstrap(&resources, &options)?;
             proto::parse(proto::BOOTSTRAP, &b)
@@ -288,8 +318,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
             dir,
             listen,
             istio,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             common,
         } => {
+            let tls = server_tls(tls_cert, tls_key, tls_client_ca)?;
             let mut options = common.options()?;
             if istio {
                 options.target = translate::Target::Istio;
@@ -299,7 +333,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(serve(dir, listen, options))
+            runtime.block_on(serve(dir, listen, options, tls))
         }
     }
 }
@@ -442,10 +476,29 @@ fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn server_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, String> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&cert)?, read(&key)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(&ca)?));
+    }
+    Ok(Some(tls))
+}
+
 async fn serve(
     dir: PathBuf,
     listen: std::net::SocketAddr,
     options: translate::Options,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<ExitCode, String> {
     let started = Instant::now();
     let first = source::snapshot(&dir, &options, started, None).map_err(|e| e.to_string())?;
@@ -459,9 +512,15 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "xds server listening");
+    tracing::info!(%listen, tls = tls.is_some(), "xds server listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+    }
+    let server = builder
         .add_service(xds::Ads::new(rx.clone()).service())
         .add_service(xds::Ads::new(rx).rds_service())
         .serve_with_incoming_shutdown(incoming, async {

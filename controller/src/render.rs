@@ -17,6 +17,48 @@ pub struct BootstrapOptions {
     pub node_cluster: String,
     /// `host:port` of the controller's xDS server; `None` = static bootstrap.
     pub xds: Option<String>,
+    /// TLS towards the xDS server.
+    pub tls: Option<XdsTls>,
+}
+
+/// How Envoy authenticates the xDS server (and itself, for mutual TLS). Paths are on the
+/// Envoy host.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    /// PEM CA bundle the server certificate must chain to.
+    pub ca: String,
+    /// Server name to send and verify (default: the `--xds` host).
+    pub sni: Option<String>,
+    /// Client certificate and key PEM paths.
+    pub client: Option<(String, String)>,
+}
+
+fn xds_transport_socket(tls: &XdsTls, host: &str) -> Value {
+    let sni = tls.sni.clone().unwrap_or_else(|| host.to_owned());
+    let mut common = json!({
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": {"filename": tls.ca},
+            "match_typed_subject_alt_names": [{
+                "san_type": if sni.parse::<std::net::IpAddr>().is_ok() { "IP_ADDRESS" } else { "DNS" },
+                "matcher": {"exact": sni}
+            }]
+        }
+    });
+    if let Some((cert, key)) = &tls.client {
+        common["tls_certificates"] = json!([{
+            "certificate_chain": {"filename": cert},
+            "private_key": {"filename": key}
+        }]);
+    }
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": sni,
+            "common_tls_context": common
+        }
+    })
 }
 
 /// The `stats_config.stats_tags` turning Meltemi's encoded labels into tags.
@@ -84,9 +126,7 @@ pub fn bootstrap(resources: &Resources, options: &BootstrapOptions) -> Result<Va
                     "lds_config": {"ads": {}, "resource_api_version": "V3"}
                 }),
             );
-            b.insert(
-                "static_resources".into(),
-                json!({"clusters": [{
+            let mut xds_cluster = json!({
                     "name": "meltemi_xds",
                     "type": kind,
                     "connect_timeout": "1s",
@@ -97,7 +137,13 @@ pub fn bootstrap(resources: &Resources, options: &BootstrapOptions) -> Result<Va
                         }
                     },
                     "load_assignment": {"cluster_name": "meltemi_xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]}
-                }]}),
+            });
+            if let Some(tls) = &options.tls {
+                xds_cluster["transport_socket"] = xds_transport_socket(tls, host);
+            }
+            b.insert(
+                "static_resources".into(),
+                json!({"clusters": [xds_cluster]}),
             );
         }
         None => {
@@ -175,6 +221,11 @@ mod tests {
             node_id: "n".into(),
             node_cluster: "meltemi".into(),
             xds: xds.map(str::to_owned),
+            tls: Some(XdsTls {
+                ca: "/ca.pem".into(),
+                sni: None,
+                client: Some(("/c.pem".into(), "/k.pem".into())),
+            }),
         }
     }
 

@@ -1007,3 +1007,171 @@ fn istio_shaped_sidecar_gets_live_routes_over_rds() {
         flip.as_secs_f64() * 1000.0
     );
 }
+
+/// Runs `openssl` with `args` in `dir`; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throw-away CA with a server certificate for 127.0.0.1 and a client certificate.
+fn certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=meltemi-test-ca",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    std::fs::write(
+        dir.join("client.ext"),
+        "subjectAltName=DNS:envoy.test\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext");
+    for who in ["server", "client"] {
+        let (key, csr, pem, ext) = (
+            format!("{who}.key"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    &format!("/CN={who}"),
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+#[test]
+fn xds_over_mutual_tls() {
+    let wasm = build_wasm("minirpc");
+    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+    let (port, xds, admin) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("tls");
+    certificates(&dir.0);
+    let config = dir.0.join("config");
+    demo_config(&config, port, &v1, &v2, &[("v2", 100)]);
+    let p = |f: &str| dir.0.join(f).display().to_string();
+    let log = dir.0.join("controller.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--dir"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{xds}")])
+        .args([
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--tls-client-ca",
+            &p("ca.pem"),
+        ])
+        .arg("--module")
+        .arg(format!("minirpc={}", wasm.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start controller");
+    let ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl.logged("xds server listening") {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not start:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ctl.logged("tls=true"), "{}", ctl.text());
+    let out = controller(&[
+        "bootstrap",
+        "--xds",
+        &format!("127.0.0.1:{xds}"),
+        "--admin-port",
+        &admin.to_string(),
+        "--xds-ca",
+        &p("ca.pem"),
+        "--xds-client-cert",
+        &p("client.pem"),
+        "--xds-client-key",
+        &p("client.key"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start("ctl-tls", &String::from_utf8_lossy(&out.stdout), admin);
+    wait_stat(&envoy, "first RDS", |e| rds_updates(e, port) >= 1);
+    assert!(
+        envoy.stat("cluster.meltemi_xds.ssl.handshake") >= 1,
+        "xDS not over TLS"
+    );
+    let mut client = Client::connect(port);
+    let f = client.call(&minirpc_peer::request(1, "echo", &[], b"x"));
+    assert_eq!(f.payload, b"v2:x");
+    drop(ctl);
+}
