@@ -1175,3 +1175,159 @@ fn xds_over_mutual_tls() {
     assert_eq!(f.payload, b"v2:x");
     drop(ctl);
 }
+
+/// The Thrift demo: `echo` with servers v1/v2, routed by method and by a THeader info header,
+/// with request mutation; `default` names the subset everything else goes to.
+fn thrift_config(dir: &Path, port: u16, v1: u16, v2: u16, default: &str) {
+    std::fs::create_dir_all(dir).expect("config dir");
+    std::fs::write(
+        dir.join("service.yaml"),
+        format!(
+            "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: meta}}
+spec:
+  hosts: [echo]
+  ports: [{{number: {port}, name: tcp-metaprotocol-thrift-echo, protocol: TCP}}]
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-echo: {v1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-echo: {v2}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: echo, namespace: meta}}
+spec:
+  host: echo
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"
+        ),
+    )
+    .expect("write");
+    write_atomic(
+        dir,
+        "router.yaml",
+        &format!(
+            "apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: echo, namespace: meta}}
+spec:
+  hosts: [echo]
+  routes:
+  - name: canary-header
+    match: {{attributes: {{x-version: {{exact: v2}}}}}}
+    route: [{{destination: {{host: echo, subset: v2}}}}]
+  - name: inspect
+    match: {{attributes: {{method: {{exact: inspect}}}}}}
+    route: [{{destination: {{host: echo, subset: v2}}}}]
+    requestMutation: [{{key: env, value: canary}}]
+  - name: default
+    route: [{{destination: {{host: echo, subset: {default}}}}}]
+"
+        ),
+    );
+}
+
+#[test]
+fn thrift_routes_from_the_controller_with_apache_thrift_peers() {
+    use meltemi_e2e::thrift_peer::{self, Impl};
+    if !thrift_peer::peers_available() {
+        return;
+    }
+    let wasm = build_wasm("meltemi-thrift");
+    let v1 = thrift_peer::Server::start(Impl::Apache, "header", "compact", "v1", &[]);
+    let v2 = thrift_peer::Server::start(Impl::Apache, "header", "compact", "v2", &[]);
+    let (port, xds, admin) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("thrift");
+    let config = dir.0.join("config");
+    thrift_config(&config, port, v1.port, v2.port, "v1");
+    let log = dir.0.join("controller.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--dir"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
+        .arg(format!("thrift={}", wasm.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start controller");
+    let ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl.logged("xds server listening") {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not start:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = controller(&[
+        "bootstrap",
+        "--xds",
+        &format!("127.0.0.1:{xds}"),
+        "--admin-port",
+        &admin.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start("ctl-thrift", &String::from_utf8_lossy(&out.stdout), admin);
+    let rds = |e: &Envoy| {
+        e.stat(&format!(
+            "http.meltemi_thrift_{port}.rds.meltemi_{port}.update_success"
+        ))
+    };
+    wait_stat(&envoy, "first RDS", |e| rds(e) >= 1);
+
+    let run = || {
+        let out = thrift_peer::Client::new(Impl::Apache, "header", "compact", port, "route")
+            .arg("--msg")
+            .arg("r")
+            .run();
+        assert!(
+            out.success(),
+            "client failed:\n{}\n{}\nenvoy:\n{}",
+            out.stdout,
+            out.stderr,
+            envoy.log()
+        );
+        out.lines()
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    let lines = run();
+    for want in [
+        "echo v1:r1",
+        "inspect tag=v2 h:env=canary",
+        "echo X-Version=v2 v2:r2",
+        "add 42",
+        "echo v1:r3",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want:?} in {lines:?}"
+        );
+    }
+    // The default route flips to v2: the next client sees it, header and method routes stay.
+    let before = rds(&envoy);
+    thrift_config(&config, port, v1.port, v2.port, "v2");
+    wait_stat(&envoy, "RDS update", |e| rds(e) > before);
+    let lines = run();
+    for want in [
+        "echo v2:r1",
+        "inspect tag=v2 h:env=canary",
+        "echo X-Version=v2 v2:r2",
+        "echo v2:r3",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "missing {want:?} in {lines:?}"
+        );
+    }
+    drop(ctl);
+}
