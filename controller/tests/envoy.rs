@@ -1331,3 +1331,174 @@ fn thrift_routes_from_the_controller_with_apache_thrift_peers() {
     }
     drop(ctl);
 }
+
+/// Dubbo interface-level services as Aeraki users declare them: one lower-cased ServiceEntry
+/// host per Java interface, both on one port; subsets v1/v2; MetaRouters per interface.
+fn dubbo_config(dir: &Path, port: u16, v1: u16, v2: u16) {
+    use meltemi_e2e::dubbo_peer::{ECHO, OTHER};
+    std::fs::create_dir_all(dir).expect("config dir");
+    let mut text = String::new();
+    for iface in [ECHO, OTHER] {
+        let host = iface.to_ascii_lowercase();
+        let name = iface
+            .rsplit('.')
+            .next()
+            .unwrap_or(iface)
+            .to_ascii_lowercase();
+        text.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: meta-dubbo, annotations: {{interface: {iface}}}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: {port}, name: tcp-metaprotocol-dubbo, protocol: TCP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-dubbo: {v1}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{tcp-metaprotocol-dubbo: {v2}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {{name: {name}, namespace: meta-dubbo}}
+spec:
+  host: {host}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"
+        ));
+    }
+    let echo = ECHO.to_ascii_lowercase();
+    let other = OTHER.to_ascii_lowercase();
+    text.push_str(&format!(
+        "---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: echoservice, namespace: meta-dubbo}}
+spec:
+  hosts: [{echo}]
+  routes:
+  - name: target-v2
+    match: {{attributes: {{x-target: {{exact: v2}}}}}}
+    route: [{{destination: {{host: {echo}, subset: v2}}}}]
+  - name: greet
+    match: {{attributes: {{method: {{exact: greet}}}}}}
+    route: [{{destination: {{host: {echo}, subset: v2}}}}]
+  - name: attachment
+    match: {{attributes: {{method: {{exact: attachment}}}}}}
+    route: [{{destination: {{host: {echo}, subset: v1}}}}]
+    requestMutation: [{{key: x-mutated, value: by-meltemi}}]
+  - name: default
+    route: [{{destination: {{host: {echo}, subset: v1}}}}]
+---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: otherservice, namespace: meta-dubbo}}
+spec:
+  hosts: [{other}]
+  routes:
+  - route: [{{destination: {{host: {other}, subset: v2}}}}]
+"
+    ));
+    std::fs::write(dir.join("dubbo.yaml"), text).expect("write");
+}
+
+#[test]
+fn dubbo_interface_level_from_the_controller_with_real_providers() {
+    use meltemi_e2e::dubbo_peer::{
+        self, run_consumer, Call, ConsumerKind, Outcome, Provider, ProviderKind, ECHO, NO_ROUTE,
+        OTHER,
+    };
+    if !dubbo_peer::peers_available() {
+        return;
+    }
+    let wasm = build_wasm("meltemi-dubbo");
+    let v1 = Provider::start(ProviderKind::Java, "v1");
+    let v2 = Provider::start(ProviderKind::Sofa, "v2");
+    let (port, xds, admin) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("dubbo");
+    let config = dir.0.join("config");
+    dubbo_config(&config, port, v1.port, v2.port);
+    let log = dir.0.join("controller.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--dir"])
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
+        .arg(format!("dubbo={}", wasm.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start controller");
+    let ctl = Controller { child, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl.logged("xds server listening") {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not start:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = controller(&[
+        "bootstrap",
+        "--xds",
+        &format!("127.0.0.1:{xds}"),
+        "--admin-port",
+        &admin.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let envoy = Envoy::start("ctl-dubbo", &String::from_utf8_lossy(&out.stdout), admin);
+    wait_stat(&envoy, "first RDS", |e| {
+        e.stat(&format!(
+            "http.meltemi_dubbo_{port}.rds.meltemi_{port}.update_success"
+        )) >= 1
+    });
+
+    let steps: Vec<(Call, &str)> = vec![
+        (Call::new(ECHO, "echo", "hello"), "v1:hello"),
+        (
+            Call::new(ECHO, "echo", "hello").att("x-target", "v2"),
+            "v2:hello",
+        ),
+        (Call::new(ECHO, "greet", "pojo"), "ann@v2"),
+        (Call::new(OTHER, "echo", "iface"), "v2:iface"),
+        (Call::new(NO_ROUTE, "echo", "lost"), "status=60"),
+        (
+            Call::new(ECHO, "attachment", "x-mutated"),
+            "v1:x-mutated=by-meltemi",
+        ),
+        (Call::new(ECHO, "echo", "after"), "v1:after"),
+    ];
+    let calls: Vec<Call> = steps.iter().map(|(c, _)| c.clone()).collect();
+    let run = run_consumer(
+        ConsumerKind::Java,
+        port,
+        &calls,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.completed(),
+        "{}\nenvoy:\n{}",
+        run.transcript(),
+        envoy.log()
+    );
+    for ((call, want), got) in steps.iter().zip(&run.outcomes) {
+        let text = match got {
+            Outcome::Ok(v) | Outcome::Err(v) => v.clone(),
+            other => format!("{other:?}"),
+        };
+        assert!(
+            text.contains(want),
+            "{call:?}: want {want:?}, got {got:?}\n{}",
+            run.transcript()
+        );
+    }
+    drop(ctl);
+}
