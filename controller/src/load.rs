@@ -334,6 +334,20 @@ spec:
     }
 
     #[test]
+    fn a_typo_in_a_metarouter_is_an_error_naming_the_field() {
+        let text = "apiVersion: metaprotocol.aeraki.io/v1alpha1\nkind: MetaRouter\nmetadata: {name: r}\nspec:\n  hosts: [a]\n  exportTo: ['*']\n  routes:\n  - route:\n    - destination: {host: a, subsets: v1}\n";
+        let mut loaded = Loaded::default();
+        load_text("t.yaml", text, &mut loaded);
+        assert_eq!(loaded.problems.len(), 1, "{:?}", loaded.problems);
+        let p = loaded.problems[0].to_string();
+        assert!(
+            p.contains("MetaRouter default/r: field `spec.routes[0].route[0].destination.subsets`"),
+            "{p}"
+        );
+        assert!(p.contains("unknown field"), "{p}");
+    }
+
+    #[test]
     fn bad_yaml_names_the_file() {
         let mut loaded = Loaded::default();
         load_text("bad.yaml", "a: [\n", &mut loaded);

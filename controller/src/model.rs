@@ -1,8 +1,10 @@
 //! Typed inputs: the Kubernetes-style resources the controller reads, shaped exactly as Aeraki
 //! and Istio users write them (camelCase fields, `apiVersion`/`kind`/`metadata`/`spec`).
 //!
-//! Only the fields the translation uses are modelled; other fields of these kinds are accepted
-//! and ignored, so YAML written for Aeraki loads unchanged.
+//! Aeraki's kinds are modelled completely and refuse unknown fields, so a typo (`subsets:` for
+//! `subset:`) is an error naming the field instead of a silently different route. Of Istio's
+//! much larger kinds only the fields the translation uses are modelled; the others are
+//! accepted and ignored, so YAML written for Istio loads unchanged.
 
 use std::collections::BTreeMap;
 
@@ -67,6 +69,7 @@ impl<T> Object<T> {
 /// `ApplicationProtocol.spec`: declares a protocol name usable in port names.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct ApplicationProtocolSpec {
     /// Protocol name as used in `tcp-metaprotocol-<protocol>-…` port names.
     #[serde(default)]
@@ -79,6 +82,7 @@ pub struct ApplicationProtocolSpec {
 /// A string match on one metadata attribute; all three absent = "present" match.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct StringMatch {
     /// Exact value.
     pub exact: Option<String>,
@@ -91,6 +95,7 @@ pub struct StringMatch {
 /// `match` of a route: every attribute must match.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct MetaRouteMatch {
     /// Metadata key → match. Ordered so that translation output is deterministic.
     #[serde(default)]
@@ -99,6 +104,7 @@ pub struct MetaRouteMatch {
 
 /// `port` of a destination.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct PortSelector {
     /// Port number; 0 or absent = the service port the request arrived on.
     #[serde(default)]
@@ -108,6 +114,7 @@ pub struct PortSelector {
 /// A destination: host, optional subset and port.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct Destination {
     /// Service host (a ServiceEntry host).
     #[serde(default)]
@@ -123,6 +130,7 @@ pub struct Destination {
 /// One weighted destination of a route.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct RouteDestination {
     /// Where to.
     #[serde(default)]
@@ -134,6 +142,7 @@ pub struct RouteDestination {
 
 /// `mirrorPercentage`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Percent {
     /// 0..=100.
     #[serde(default)]
@@ -142,6 +151,7 @@ pub struct Percent {
 
 /// One `key`/`value` of a mutation.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct KeyValue {
     /// Metadata key written into the message.
     #[serde(default)]
@@ -154,6 +164,7 @@ pub struct KeyValue {
 /// One route of a MetaRouter.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct MetaRoute {
     /// Route name (optional).
     #[serde(default)]
@@ -181,10 +192,14 @@ pub struct MetaRoute {
 /// `MetaRouter.spec`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields)]
 pub struct MetaRouterSpec {
     /// Exactly one service host.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Namespaces the routes are visible in (accepted; the plain-Envoy output has one scope).
+    #[serde(default)]
+    pub export_to: Vec<String>,
     /// Gateways the routes apply to (not used by the plain-Envoy output yet).
     #[serde(default)]
     pub gateways: Vec<String>,
