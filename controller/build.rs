@@ -47,16 +47,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn envoy_types_proto_dir() -> Result<PathBuf, Box<dyn std::error::Error>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("Cargo.toml");
-    let out = Command::new(cargo)
-        .args([
+    // Only this platform's packages: cargo has downloaded exactly those for the build, so the
+    // offline query succeeds (an unfiltered one wants every platform's crates, e.g. windows-sys).
+    let target = std::env::var("TARGET")?;
+    let query = |offline: bool| {
+        let mut c = Command::new(&cargo);
+        c.args([
             "metadata",
             "--format-version",
             "1",
-            "--offline",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .output()?;
+            "--filter-platform",
+            &target,
+        ]);
+        if offline {
+            c.arg("--offline");
+        }
+        c.arg("--manifest-path").arg(&manifest).output()
+    };
+    let mut out = query(true)?;
+    if !out.status.success() {
+        out = query(false)?; // a registry lookup is the only way left
+    }
     if !out.status.success() {
         return Err(format!(
             "cargo metadata failed: {}",

@@ -157,6 +157,10 @@ struct Common {
     /// Codec module per protocol: PROTOCOL=PATH, or PROTOCOL=URL,sha256=HEX (Envoy fetches it).
     #[arg(long = "module", value_name = "PROTOCOL=SOURCE")]
     modules: Vec<String>,
+    /// Filter configuration for a protocol's module (limits, codec), as JSON:
+    /// PROTOCOL='{"limits": {"max_frame_bytes": 4194304}, "codec": {...}}'.
+    #[arg(long = "filter-config", value_name = "PROTOCOL=JSON")]
+    filter_configs: Vec<String>,
     /// What Envoy does when a module fails.
     #[arg(long, value_enum, default_value_t = Policy::Closed)]
     failure_policy: Policy,
@@ -204,6 +208,7 @@ fn parse_module(spec: &str, policy: FailurePolicy) -> Result<(String, Module), S
         Module {
             source,
             failure_policy: policy,
+            config: Default::default(),
         },
     ))
 }
@@ -215,11 +220,21 @@ impl Common {
             Policy::Open => FailurePolicy::Open,
             Policy::Reload => FailurePolicy::Reload,
         };
-        let modules = self
+        let mut modules: std::collections::BTreeMap<String, Module> = self
             .modules
             .iter()
             .map(|m| parse_module(m, policy))
             .collect::<Result<_, _>>()?;
+        for fc in &self.filter_configs {
+            let (protocol, json) = fc
+                .split_once('=')
+                .ok_or_else(|| format!("--filter-config {fc}: expected PROTOCOL=JSON"))?;
+            let module = modules.get_mut(protocol).ok_or_else(|| {
+                format!("--filter-config {protocol}: no --module {protocol}=… given")
+            })?;
+            module.config = template::parse_filter_config(json)
+                .map_err(|e| format!("--filter-config {protocol}: {e}"))?;
+        }
         Ok(translate::Options {
             modules,
             bind: self.bind.clone(),
@@ -420,6 +435,7 @@ fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
         options.modules.entry(p.clone()).or_insert(Module {
             source: ModuleSource::Local(format!("<{p}.wasm>")),
             failure_policy: FailurePolicy::Closed,
+            config: Default::default(),
         });
     }
     for s in &loaded.skipped {

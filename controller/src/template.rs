@@ -62,6 +62,41 @@ pub struct Module {
     pub source: ModuleSource,
     /// On failure.
     pub failure_policy: FailurePolicy,
+    /// Extra filter configuration (`limits`, `codec`) merged into both roles' JSON
+    /// (`meltemi_sdk::config::FilterConfig`); must be an object.
+    pub config: serde_json::Map<String, Value>,
+}
+
+impl Module {
+    /// The plugin configuration for `role`, with `service` for a front naming its host.
+    fn plugin_config(&self, role: &str, service: Option<&str>) -> Value {
+        let mut config = self.config.clone();
+        config.insert("role".into(), json!(role));
+        if let Some(s) = service {
+            config.insert("service".into(), json!(s));
+        }
+        Value::Object(config)
+    }
+}
+
+/// Parses `--filter-config` JSON: an object of filter-configuration fields other than `role`
+/// and `service` (which the controller sets), checked with the SDK's own parser so that a
+/// field the filter would refuse is refused here, naming it. The `codec` object is the codec's
+/// business and is passed through.
+pub fn parse_filter_config(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err("must be a JSON object".into());
+    };
+    for reserved in ["role", "service"] {
+        if map.contains_key(reserved) {
+            return Err(format!("`{reserved}` is set by the controller"));
+        }
+    }
+    let mut probe = map.clone();
+    probe.insert("role".into(), json!("front"));
+    meltemi_sdk::config::FilterConfig::<Value>::parse(Value::Object(probe).to_string().as_bytes())?;
+    Ok(map)
 }
 
 /// `scheme`, `host`, `port` of a URL (enough for the module-fetch cluster).
@@ -155,10 +190,7 @@ pub fn front_filter(
     module: &Module,
     service: Option<&str>,
 ) -> Value {
-    let mut config = json!({"role": "front"});
-    if let Some(s) = service {
-        config["service"] = json!(s);
-    }
+    let config = module.plugin_config("front", service);
     wasm_filter("meltemi_front", protocol, module, &config)
 }
 
@@ -175,7 +207,7 @@ pub fn back_listener(
         "name": name,
         "internal_listener": {},
         "filter_chains": [{"filters": [
-            wasm_filter("meltemi_back", protocol, module, &json!({"role": "back"})),
+            wasm_filter("meltemi_back", protocol, module, &module.plugin_config("back", None)),
             {
                 "name": "envoy.filters.network.tcp_proxy",
                 "typed_config": {
@@ -221,6 +253,34 @@ pub fn http_filters() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_config_is_checked_by_the_sdk() {
+        let m = parse_filter_config(
+            r#"{"limits": {"max_frame_bytes": 4096}, "codec": {"transport": "framed"}}"#,
+        )
+        .unwrap();
+        assert_eq!(m["limits"]["max_frame_bytes"], 4096);
+        let e = parse_filter_config(r#"{"limits": {"max_frame": 1}}"#).unwrap_err();
+        assert!(e.contains("max_frame"), "{e}");
+        assert!(parse_filter_config(r#"{"role": "back"}"#)
+            .unwrap_err()
+            .contains("role"));
+        assert!(parse_filter_config("[1]").is_err());
+        let module = Module {
+            source: ModuleSource::Local("/m.wasm".into()),
+            failure_policy: FailurePolicy::Closed,
+            config: m,
+        };
+        let front = front_filter(Build::Wasm, "thrift", &module, Some("echo"));
+        let text = front["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["role"], "front");
+        assert_eq!(parsed["service"], "echo");
+        assert_eq!(parsed["codec"]["transport"], "framed");
+    }
 
     #[test]
     fn urls() {

@@ -636,6 +636,7 @@ spec:
                 Module {
                     source: ModuleSource::Local("/m/minirpc.wasm".into()),
                     failure_policy: FailurePolicy::Closed,
+                    config: Default::default(),
                 },
             )]
             .into(),
@@ -774,6 +775,7 @@ spec:
                     sha256: "ab".repeat(32),
                 },
                 failure_policy: FailurePolicy::Open,
+                config: Default::default(),
             },
         );
         let r = translate(&inputs(text), &o).unwrap();

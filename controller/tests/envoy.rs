@@ -1248,6 +1248,11 @@ fn thrift_routes_from_the_controller_with_apache_thrift_peers() {
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
         .arg(format!("thrift={}", wasm.display()))
+        // The codec's own configuration, as an operator fixes the transport.
+        .args([
+            "--filter-config",
+            r#"thrift={"codec": {"transport": "header"}, "limits": {"max_frame_bytes": 1048576}}"#,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
