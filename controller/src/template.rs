@@ -1,0 +1,297 @@
+//! The per-build listener and cluster templates: the only place that knows how a codec module is
+//! plugged into Envoy. Translation decides *what* exists (listeners, destinations, routes);
+//! these functions decide *how* the bridge runs it. Today there is the wasm build (proxy-wasm
+//! network filters on the front listener and on one internal listener per destination); a
+//! native (dynamic-module) build adds its variant of [`front_filter`], [`back_listener`] and
+//! [`bridge_cluster`] here, selected by [`Build`], without touching routes.
+
+use serde_json::{json, Value};
+
+/// Envoy's per-connection buffer limit on listeners and clusters: above the framework's
+/// default largest frame (16 MiB), so that a whole frame can be buffered.
+pub const BUFFER_LIMIT: u64 = 32 << 20;
+
+/// Which data path the rendered resources use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Build {
+    /// proxy-wasm front and back (runs on any Envoy with V8).
+    #[default]
+    Wasm,
+}
+
+/// Where a codec module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A file on the Envoy host.
+    Local(String),
+    /// Fetched by Envoy over HTTP(S) and checked against its sha256.
+    Remote {
+        /// `http(s)://host[:port]/path`.
+        url: String,
+        /// Hex sha256 of the module.
+        sha256: String,
+    },
+}
+
+/// What Envoy does when the module fails (VM start or crash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Connections are refused while the module is broken (safe default for routing).
+    #[default]
+    Closed,
+    /// Traffic bypasses the filter; for a bridge this means no routing, so use with care.
+    Open,
+    /// The VM is reloaded.
+    Reload,
+}
+
+impl FailurePolicy {
+    fn envoy(self) -> &'static str {
+        match self {
+            FailurePolicy::Closed => "FAIL_CLOSED",
+            FailurePolicy::Open => "FAIL_OPEN",
+            FailurePolicy::Reload => "FAIL_RELOAD",
+        }
+    }
+}
+
+/// A codec module for one protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Module {
+    /// Where from.
+    pub source: ModuleSource,
+    /// On failure.
+    pub failure_policy: FailurePolicy,
+    /// Extra filter configuration (`limits`, `codec`) merged into both roles' JSON
+    /// (`meltemi_sdk::config::FilterConfig`); must be an object.
+    pub config: serde_json::Map<String, Value>,
+}
+
+impl Module {
+    /// The plugin configuration for `role`, with `service` for a front naming its host.
+    fn plugin_config(&self, role: &str, service: Option<&str>) -> Value {
+        let mut config = self.config.clone();
+        config.insert("role".into(), json!(role));
+        if let Some(s) = service {
+            config.insert("service".into(), json!(s));
+        }
+        Value::Object(config)
+    }
+}
+
+/// Parses `--filter-config` JSON: an object of filter-configuration fields other than `role`
+/// and `service` (which the controller sets), checked with the SDK's own parser so that a
+/// field the filter would refuse is refused here, naming it. The `codec` object is the codec's
+/// business and is passed through.
+pub fn parse_filter_config(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err("must be a JSON object".into());
+    };
+    for reserved in ["role", "service"] {
+        if map.contains_key(reserved) {
+            return Err(format!("`{reserved}` is set by the controller"));
+        }
+    }
+    let mut probe = map.clone();
+    probe.insert("role".into(), json!("front"));
+    meltemi_sdk::config::FilterConfig::<Value>::parse(Value::Object(probe).to_string().as_bytes())?;
+    Ok(map)
+}
+
+/// `scheme`, `host`, `port` of a URL (enough for the module-fetch cluster).
+pub fn url_parts(url: &str) -> Option<(bool, String, u16)> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if authority.is_empty() {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (authority, if tls { 443 } else { 80 }),
+    };
+    Some((tls, host.to_owned(), port))
+}
+
+/// Name of the cluster Envoy fetches a remote module through.
+pub fn module_cluster_name(url: &str) -> Option<String> {
+    url_parts(url).map(|(_, host, port)| format!("meltemi_module|{host}|{port}"))
+}
+
+/// The cluster that fetches remote modules from `url`'s host.
+pub fn module_cluster(url: &str) -> Option<Value> {
+    let (tls, host, port) = url_parts(url)?;
+    let name = module_cluster_name(url)?;
+    let mut cluster = json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]}
+    });
+    if tls {
+        cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host
+            }
+        });
+    }
+    Some(cluster)
+}
+
+fn wasm_code(module: &Module) -> Value {
+    match &module.source {
+        ModuleSource::Local(path) => json!({"local": {"filename": path}}),
+        ModuleSource::Remote { url, sha256 } => json!({"remote": {
+            "http_uri": {
+                "uri": url,
+                "cluster": module_cluster_name(url).unwrap_or_default(),
+                "timeout": "30s"
+            },
+            "sha256": sha256
+        }}),
+    }
+}
+
+fn wasm_filter(name: &str, protocol: &str, module: &Module, config: &Value) -> Value {
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": "meltemi",
+                // One VM per protocol, shared by front and back filters of every listener.
+                "vm_config": {
+                    "vm_id": format!("meltemi_{protocol}"),
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": wasm_code(module)
+                },
+                "failure_policy": module.failure_policy.envoy(),
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config.to_string()
+                }
+            }
+        }
+    })
+}
+
+/// The front network filter (before HCM) of a listener. `service` fixes the virtual host;
+/// `None` lets each message's `service` metadata name it.
+pub fn front_filter(
+    _build: Build,
+    protocol: &str,
+    module: &Module,
+    service: Option<&str>,
+) -> Value {
+    let config = module.plugin_config("front", service);
+    wasm_filter("meltemi_front", protocol, module, &config)
+}
+
+/// The internal listener that turns the bridge's HTTP requests back into the protocol and
+/// forwards them to `server_cluster`.
+pub fn back_listener(
+    _build: Build,
+    name: &str,
+    protocol: &str,
+    module: &Module,
+    server_cluster: &str,
+) -> Value {
+    json!({
+        "name": name,
+        "internal_listener": {},
+        "filter_chains": [{"filters": [
+            wasm_filter("meltemi_back", protocol, module, &module.plugin_config("back", None)),
+            {
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": server_cluster,
+                    "cluster": server_cluster
+                }
+            }
+        ]}]
+    })
+}
+
+/// The cluster routes name: the bridge's hop into the back listener `back_listener`.
+pub fn bridge_cluster(_build: Build, name: &str, back_listener: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": back_listener}}}}]}]}
+    })
+}
+
+/// The HTTP filters of the front HCM: buffer first (a local reply before the body is read
+/// would close the client connection), router last.
+pub fn http_filters() -> Value {
+    json!([
+        {
+            "name": "envoy.filters.http.buffer",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                // The back ignores x-envoy-* request headers: don't spend time writing them.
+                "suppress_envoy_headers": true
+            }
+        }
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_config_is_checked_by_the_sdk() {
+        let m = parse_filter_config(
+            r#"{"limits": {"max_frame_bytes": 4096}, "codec": {"transport": "framed"}}"#,
+        )
+        .unwrap();
+        assert_eq!(m["limits"]["max_frame_bytes"], 4096);
+        let e = parse_filter_config(r#"{"limits": {"max_frame": 1}}"#).unwrap_err();
+        assert!(e.contains("max_frame"), "{e}");
+        assert!(parse_filter_config(r#"{"role": "back"}"#)
+            .unwrap_err()
+            .contains("role"));
+        assert!(parse_filter_config("[1]").is_err());
+        let module = Module {
+            source: ModuleSource::Local("/m.wasm".into()),
+            failure_policy: FailurePolicy::Closed,
+            config: m,
+        };
+        let front = front_filter(Build::Wasm, "thrift", &module, Some("echo"));
+        let text = front["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap();
+        let parsed: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed["role"], "front");
+        assert_eq!(parsed["service"], "echo");
+        assert_eq!(parsed["codec"]["transport"], "framed");
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            url_parts("https://m.example/a/b.wasm"),
+            Some((true, "m.example".into(), 443))
+        );
+        assert_eq!(
+            url_parts("http://127.0.0.1:8080/x.wasm"),
+            Some((false, "127.0.0.1".into(), 8080))
+        );
+        assert_eq!(url_parts("ftp://x"), None);
+    }
+}

@@ -1,0 +1,972 @@
+//! Translation, pure: validated inputs → Envoy's own resources (JSON in Envoy's proto field
+//! names), with Aeraki's semantics.
+//!
+//! - One front listener per Meltemi port (`<bind>_<port>`): the codec's front filter, then HCM
+//!   with RDS over ADS naming the route configuration `meltemi_<port>`.
+//! - One `RouteConfiguration` per listener: the `meltemi.local` virtual host, then one virtual
+//!   host per service host on that port. A MetaRouter's routes become routes matching metadata
+//!   headers (exact / prefix / regex / present); without a MetaRouter a default route sends
+//!   everything to the service's cluster (as Aeraki does).
+//! - Per destination `(port, subset, host)`: the cluster routes name, `outbound|<port>|<subset>|<host>`
+//!   (Aeraki's and Istio's naming), into the back internal listener `meltemi_back|…`, whose
+//!   tcp_proxy forwards to the server cluster `meltemi_server|…` (EDS: the ServiceEntry
+//!   endpoints carrying the subset's labels). Destinations exist for the whole service and for
+//!   every subset of its DestinationRule, so a route change never needs a new cluster or
+//!   listener: only RDS changes, and existing client connections are untouched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Value};
+
+use crate::model::{
+    port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, Object, ServiceEntrySpec,
+    TrafficPolicy,
+};
+use crate::template::{self, Build, Module, BUFFER_LIMIT};
+use crate::validate::header_name;
+
+/// What translation needs besides the inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Codec module per protocol name.
+    pub modules: BTreeMap<String, Module>,
+    /// Address the front listeners bind (plain Envoy: 127.0.0.1).
+    pub bind: String,
+    /// Data path.
+    pub build: Build,
+    /// Namespace of resources that name none (`kubectl apply -n`); `default` when `None`.
+    pub namespace: Option<String>,
+    /// Plain Envoy or Istio sidecars/gateways.
+    pub target: Target,
+}
+
+/// Who runs the resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// Plain Envoy: everything over ADS from this controller, endpoints from the ServiceEntries.
+    #[default]
+    Envoy,
+    /// Istio: istiod owns listeners, `outbound|…` clusters and endpoints; Meltemi adds the
+    /// bridge (EnvoyFilter patches), its `meltemi|…` clusters in front of Istio's, and serves
+    /// the routes over RDS from the `meltemi_xds` cluster.
+    Istio,
+}
+
+/// The cluster routes name for a destination: Aeraki's `outbound|…` on plain Envoy; on Istio,
+/// where istiod owns `outbound|…` (the real endpoints, mTLS), the bridge's own `meltemi|…`.
+pub fn route_cluster(target: Target, port: u32, subset: &str, host: &str) -> String {
+    match target {
+        Target::Envoy => cluster_name(port, subset, host),
+        Target::Istio => format!("meltemi|{port}|{subset}|{host}"),
+    }
+}
+
+/// Name of the xDS cluster Istio proxies reach the controller through.
+pub const ISTIO_XDS_CLUSTER: &str = "meltemi_xds";
+
+/// Where HCM gets its routes from.
+pub fn rds_config_source(target: Target) -> Value {
+    match target {
+        Target::Envoy => json!({"ads": {}, "resource_api_version": "V3"}),
+        Target::Istio => json!({
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": ISTIO_XDS_CLUSTER}}]
+            },
+            "resource_api_version": "V3"
+        }),
+    }
+}
+
+/// Envoy resources by type, each keyed (and so sorted) by resource name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    /// `envoy.config.listener.v3.Listener`.
+    pub listeners: BTreeMap<String, Value>,
+    /// `envoy.config.route.v3.RouteConfiguration`.
+    pub routes: BTreeMap<String, Value>,
+    /// `envoy.config.cluster.v3.Cluster`.
+    pub clusters: BTreeMap<String, Value>,
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+    pub endpoints: BTreeMap<String, Value>,
+}
+
+/// `outbound|<port>|<subset>|<host>`: the cluster routes name.
+pub fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+fn back_name(port: u32, subset: &str, host: &str) -> String {
+    format!("meltemi_back|{port}|{subset}|{host}")
+}
+
+fn server_name(port: u32, subset: &str, host: &str) -> String {
+    format!("meltemi_server|{port}|{subset}|{host}")
+}
+
+/// Name of the route configuration of the listener on `port`.
+pub fn route_config_name(port: u32) -> String {
+    format!("meltemi_{port}")
+}
+
+/// An Istio duration (`1s`, `250ms`, `1m`, `1h`, `1.5s`) as Envoy's JSON duration (`"1.5s"`).
+pub fn duration(d: &str) -> Option<String> {
+    let d = d.trim();
+    let (num, scale) = if let Some(n) = d.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = d.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = d.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = d.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        return None;
+    };
+    let v: f64 = num.parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| format!("{}s", v * scale))
+}
+
+/// A translation failure that validation does not catch (it depends on the options).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+struct Service<'a> {
+    target: Target,
+    host: &'a str,
+    port: u32,
+    target_port: u32,
+    port_name: &'a str,
+    se: &'a Object<ServiceEntrySpec>,
+    dr: Option<&'a DestinationRuleSpec>,
+}
+
+/// Translates validated inputs. Call [`crate::validate::validate`] first: inputs it rejects
+/// may translate to resources Envoy refuses.
+pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error> {
+    let mut out = Resources::default();
+    let drs: BTreeMap<&str, &DestinationRuleSpec> = inputs
+        .destination_rules
+        .iter()
+        .map(|d| (d.spec.host.as_str(), &d.spec))
+        .collect();
+    let routers: BTreeMap<&str, &[MetaRoute]> = inputs
+        .routers
+        .iter()
+        .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r.spec.routes.as_slice())))
+        .collect();
+
+    // port → (protocol, services on it)
+    let mut by_port: BTreeMap<u32, (&str, Vec<Service<'_>>)> = BTreeMap::new();
+    for se in &inputs.service_entries {
+        for port in &se.spec.ports {
+            let Some(protocol) = port_protocol(&port.name) else {
+                continue;
+            };
+            for host in &se.spec.hosts {
+                let entry = by_port
+                    .entry(port.number)
+                    .or_insert_with(|| (protocol, Vec::new()));
+                entry.1.push(Service {
+                    target: options.target,
+                    host,
+                    port: port.number,
+                    target_port: port.target_port.unwrap_or(port.number),
+                    port_name: &port.name,
+                    se,
+                    dr: drs.get(host.as_str()).copied(),
+                });
+            }
+        }
+    }
+
+    let mut remote_urls = BTreeSet::new();
+    for (port, (protocol, services)) in &by_port {
+        let module = options.modules.get(*protocol).ok_or_else(|| {
+            Error(format!(
+                "no module for protocol `{protocol}` (port {port}): pass --module {protocol}=PATH or --module {protocol}=URL@sha256:HEX"
+            ))
+        })?;
+        if let template::ModuleSource::Remote { url, .. } = &module.source {
+            remote_urls.insert(url.clone());
+        }
+        // One host on the port: the listener names it. Several (Dubbo interface-level
+        // services sharing a port): each message's `service` metadata names its host.
+        let fixed = (services.len() == 1).then(|| services[0].host);
+        let listener = front_listener(options, *port, protocol, module, fixed);
+        out.listeners.insert(name_of(&listener), listener);
+
+        let mut vhosts = vec![json!({
+            "name": "meltemi_local",
+            "domains": [meltemi_sdk::bridge::LOCAL_AUTHORITY],
+            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
+        })];
+        for svc in services {
+            let routes = match routers.get(svc.host) {
+                Some(routes) => routes
+                    .iter()
+                    .map(|r| meta_route(r, svc, &drs))
+                    .collect::<Vec<_>>(),
+                None => vec![default_route(svc)],
+            };
+            vhosts.push(json!({
+                "name": format!("{}:{}", svc.host, svc.port),
+                "domains": [svc.host],
+                "routes": routes
+            }));
+            destinations(&mut out, options, protocol, module, svc);
+        }
+        let name = route_config_name(*port);
+        out.routes.insert(
+            name.clone(),
+            json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false}),
+        );
+    }
+    for url in remote_urls {
+        if let Some(c) = template::module_cluster(&url) {
+            out.clusters.insert(name_of(&c), c);
+        }
+    }
+    Ok(out)
+}
+
+fn name_of(v: &Value) -> String {
+    v["name"].as_str().unwrap_or_default().to_owned()
+}
+
+fn front_listener(
+    options: &Options,
+    port: u32,
+    protocol: &str,
+    module: &Module,
+    service: Option<&str>,
+) -> Value {
+    let bind = if options.bind.is_empty() {
+        "127.0.0.1"
+    } else {
+        &options.bind
+    };
+    json!({
+        "name": format!("{bind}_{port}"),
+        "address": {"socket_address": {"address": bind, "port_value": port}},
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
+        "filter_chains": [{"filters": [
+            template::front_filter(options.build, protocol, module, service),
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": format!("meltemi_{protocol}_{port}"),
+                    "codec_type": "HTTP1",
+                    "generate_request_id": false,
+                    "rds": {
+                        "route_config_name": route_config_name(port),
+                        "config_source": rds_config_source(options.target)
+                    },
+                    "http_filters": template::http_filters()
+                }
+            }
+        ]}]
+    })
+}
+
+/// Subset policy fields override the rule's, field by field (Istio's merge).
+fn policy<'a>(dr: Option<&'a DestinationRuleSpec>, subset: &str) -> EffectivePolicy<'a> {
+    let top = dr.and_then(|d| d.traffic_policy.as_ref());
+    let sub = dr
+        .and_then(|d| d.subsets.iter().find(|s| s.name == subset))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let pick = |f: fn(&'a TrafficPolicy) -> bool| -> Option<&'a TrafficPolicy> {
+        sub.filter(|p| f(p)).or(top.filter(|p| f(p)))
+    };
+    EffectivePolicy {
+        lb: pick(|p| p.load_balancer.is_some()),
+        pool: pick(|p| p.connection_pool.is_some()),
+        outlier: pick(|p| p.outlier_detection.is_some()),
+    }
+}
+
+struct EffectivePolicy<'a> {
+    lb: Option<&'a TrafficPolicy>,
+    pool: Option<&'a TrafficPolicy>,
+    outlier: Option<&'a TrafficPolicy>,
+}
+
+impl EffectivePolicy<'_> {
+    fn hash_header(&self) -> Option<String> {
+        let key = self
+            .lb?
+            .load_balancer
+            .as_ref()?
+            .consistent_hash
+            .as_ref()?
+            .http_header_name
+            .as_deref()?;
+        header_name(key)
+    }
+}
+
+fn hash_policy(dr: Option<&DestinationRuleSpec>, subset: &str) -> Option<Value> {
+    policy(dr, subset)
+        .hash_header()
+        .map(|h| json!({"header": {"header_name": h}}))
+}
+
+fn destinations(
+    out: &mut Resources,
+    options: &Options,
+    protocol: &str,
+    module: &Module,
+    svc: &Service<'_>,
+) {
+    let mut subsets: Vec<(&str, BTreeMap<String, String>)> = vec![("", BTreeMap::new())];
+    if let Some(dr) = svc.dr {
+        subsets.extend(
+            dr.subsets
+                .iter()
+                .map(|s| (s.name.as_str(), s.labels.clone())),
+        );
+    }
+    for (subset, labels) in subsets {
+        let (port, host) = (svc.port, svc.host);
+        let (cluster, back) = (
+            route_cluster(svc.target, port, subset, host),
+            back_name(port, subset, host),
+        );
+        // On Istio the back forwards to istiod's own cluster for the destination.
+        let server = match svc.target {
+            Target::Envoy => server_name(port, subset, host),
+            Target::Istio => cluster_name(port, subset, host),
+        };
+        let eff = policy(svc.dr, subset);
+        let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
+        if let Some(http) = eff
+            .pool
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.http.as_ref())
+        {
+            let mut t = serde_json::Map::new();
+            if let Some(v) = http.http1_max_pending_requests {
+                t.insert("max_pending_requests".into(), json!(v));
+            }
+            if let Some(v) = http.http2_max_requests {
+                t.insert("max_requests".into(), json!(v));
+            }
+            if let Some(v) = http.max_retries {
+                t.insert("max_retries".into(), json!(v));
+            }
+            if !t.is_empty() {
+                bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(t)]});
+            }
+        }
+        out.clusters.insert(cluster.clone(), bridge);
+        let listener = template::back_listener(options.build, &back, protocol, module, &server);
+        out.listeners.insert(back.clone(), listener);
+        if svc.target == Target::Istio {
+            continue;
+        }
+        out.clusters
+            .insert(server.clone(), server_cluster(&server, &eff));
+        let endpoints: Vec<Value> = svc
+            .se
+            .spec
+            .endpoints
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .map(|e| {
+                let port = e.ports.get(svc.port_name).copied().unwrap_or(svc.target_port);
+                let mut lb = json!({"endpoint": {"address": {"socket_address": {"address": e.address, "port_value": port}}}});
+                if let Some(w) = e.weight.filter(|w| *w > 0) {
+                    lb["load_balancing_weight"] = json!(w);
+                }
+                lb
+            })
+            .collect();
+        let assignment = if endpoints.is_empty() {
+            json!({"cluster_name": server})
+        } else {
+            json!({"cluster_name": server, "endpoints": [{"lb_endpoints": endpoints}]})
+        };
+        out.endpoints.insert(server, assignment);
+    }
+}
+
+fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
+    let tcp = eff
+        .pool
+        .and_then(|p| p.connection_pool.as_ref())
+        .and_then(|c| c.tcp.as_ref());
+    let connect_timeout = tcp
+        .and_then(|t| t.connect_timeout.as_deref())
+        .and_then(duration)
+        .unwrap_or_else(|| "1s".into());
+    let mut c = json!({
+        "name": name,
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
+        "connect_timeout": connect_timeout,
+        "per_connection_buffer_limit_bytes": BUFFER_LIMIT
+    });
+    let simple = eff
+        .lb
+        .and_then(|p| p.load_balancer.as_ref())
+        .and_then(|l| l.simple.as_deref());
+    match simple {
+        Some("LEAST_REQUEST" | "LEAST_CONN") => c["lb_policy"] = json!("LEAST_REQUEST"),
+        Some("RANDOM") => c["lb_policy"] = json!("RANDOM"),
+        _ => {}
+    }
+    if let Some(max) = tcp.and_then(|t| t.max_connections) {
+        c["circuit_breakers"] = json!({"thresholds": [{"max_connections": max}]});
+    }
+    if let Some(o) = eff.outlier.and_then(|p| p.outlier_detection.as_ref()) {
+        let mut od = serde_json::Map::new();
+        if let Some(v) = o.consecutive_5xx_errors {
+            od.insert("consecutive_5xx".into(), json!(v));
+        }
+        if let Some(v) = o.consecutive_gateway_errors {
+            od.insert("consecutive_gateway_failure".into(), json!(v));
+            od.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
+        }
+        if let Some(v) = o.interval.as_deref().and_then(duration) {
+            od.insert("interval".into(), json!(v));
+        }
+        if let Some(v) = o.base_ejection_time.as_deref().and_then(duration) {
+            od.insert("base_ejection_time".into(), json!(v));
+        }
+        if let Some(v) = o.max_ejection_percent {
+            od.insert("max_ejection_percent".into(), json!(v));
+        }
+        c["outlier_detection"] = Value::Object(od);
+    }
+    c
+}
+
+fn default_route(svc: &Service<'_>) -> Value {
+    let mut action = json!({"cluster": route_cluster(svc.target, svc.port, "", svc.host)});
+    if let Some(h) = hash_policy(svc.dr, "") {
+        action["hash_policy"] = json!([h]);
+    }
+    json!({"name": "default", "match": {"prefix": "/"}, "route": action})
+}
+
+fn dest_cluster(d: &Destination, svc: &Service<'_>) -> String {
+    let port = d
+        .port
+        .as_ref()
+        .map(|p| p.number)
+        .filter(|n| *n != 0)
+        .unwrap_or(svc.port);
+    route_cluster(svc.target, port, d.subset.as_deref().unwrap_or(""), &d.host)
+}
+
+fn meta_route(
+    r: &MetaRoute,
+    svc: &Service<'_>,
+    drs: &BTreeMap<&str, &DestinationRuleSpec>,
+) -> Value {
+    let mut headers = Vec::new();
+    if let Some(m) = &r.matches {
+        for (key, sm) in &m.attributes {
+            let Some(name) = header_name(key) else {
+                continue;
+            };
+            let mut h = json!({"name": name});
+            match sm {
+                Some(sm) if sm.exact.is_some() => h["string_match"] = json!({"exact": sm.exact}),
+                Some(sm) if sm.prefix.is_some() => h["string_match"] = json!({"prefix": sm.prefix}),
+                Some(sm) if sm.regex.as_deref().is_some_and(|r| r != "*") => {
+                    h["string_match"] = json!({"safe_regex": {"regex": sm.regex}})
+                }
+                _ => h["present_match"] = json!(true),
+            }
+            headers.push(h);
+        }
+    }
+    let mut route_match = json!({"prefix": "/"});
+    if !headers.is_empty() {
+        route_match["headers"] = Value::Array(headers);
+    }
+    let mut hash = Vec::new();
+    let mut action = if r.route.len() == 1 {
+        let d = &r.route[0].destination;
+        hash.extend(hash_policy(
+            drs.get(d.host.as_str()).copied(),
+            d.subset.as_deref().unwrap_or(""),
+        ));
+        json!({"cluster": dest_cluster(d, svc)})
+    } else {
+        let clusters: Vec<Value> = r
+            .route
+            .iter()
+            .map(|rd| {
+                let d = &rd.destination;
+                if let Some(h) = hash_policy(
+                    drs.get(d.host.as_str()).copied(),
+                    d.subset.as_deref().unwrap_or(""),
+                ) {
+                    if !hash.contains(&h) {
+                        hash.push(h);
+                    }
+                }
+                json!({"name": dest_cluster(d, svc), "weight": rd.weight})
+            })
+            .collect();
+        json!({"weighted_clusters": {"clusters": clusters}})
+    };
+    if !hash.is_empty() {
+        action["hash_policy"] = Value::Array(hash);
+    }
+    if let Some(m) = &r.mirror {
+        let percent = r
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .filter(|v| *v != 0.0)
+            .unwrap_or(100.0);
+        action["request_mirror_policies"] = json!([{
+            "cluster": dest_cluster(m, svc),
+            "runtime_fraction": {"default_value": {
+                "numerator": (percent * 10_000.0).round() as u64,
+                "denominator": "MILLION"
+            }}
+        }]);
+    }
+    let mut route = json!({"match": route_match, "route": action});
+    if let Some(name) = &r.name {
+        route["name"] = json!(name);
+    }
+    let mutation = |kvs: &[crate::model::KeyValue]| -> Value {
+        kvs.iter()
+            .map(|kv| {
+                json!({
+                    "header": {
+                        "key": meltemi_sdk::bridge::MUTATION_HEADER,
+                        "value": meltemi_sdk::bridge::mutation_header_value(&kv.key, &kv.value)
+                    },
+                    "append_action": "APPEND_IF_EXISTS_OR_ADD"
+                })
+            })
+            .collect()
+    };
+    if !r.request_mutation.is_empty() {
+        route["request_headers_to_add"] = mutation(&r.request_mutation);
+    }
+    if !r.response_mutation.is_empty() {
+        route["response_headers_to_add"] = mutation(&r.response_mutation);
+    }
+    route
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::load::{load_text, Loaded};
+    use crate::template::{FailurePolicy, ModuleSource};
+
+    pub(crate) const DEMO: &str = r#"
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: ApplicationProtocol
+metadata: {name: minirpc}
+spec: {protocol: minirpc, codec: meltemi.minirpc}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: demo, namespace: meta}
+spec:
+  hosts: [demo]
+  ports:
+  - {number: 9000, name: tcp-metaprotocol-minirpc-demo, protocol: TCP}
+  endpoints:
+  - {address: 127.0.0.1, ports: {tcp-metaprotocol-minirpc-demo: 9101}, labels: {version: v1}}
+  - {address: 127.0.0.1, ports: {tcp-metaprotocol-minirpc-demo: 9102}, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: demo, namespace: meta}
+spec:
+  host: demo
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: User}}
+    connectionPool: {tcp: {maxConnections: 10}, http: {http1MaxPendingRequests: 5}}
+    outlierDetection: {consecutiveGatewayErrors: 3, interval: 5s, baseEjectionTime: 30s}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {name: demo, namespace: meta}
+spec:
+  hosts: [demo]
+  routes:
+  - name: by-method
+    match: {attributes: {method: {exact: sayHello}, Host: {prefix: a}, user: {regex: "u[0-9]+"}, trace: {}}}
+    route: [{destination: {host: demo, subset: v1}}]
+    requestMutation: [{key: env, value: "can=ary"}]
+    responseMutation: [{key: served-by, value: meltemi}]
+  - name: split
+    route:
+    - {destination: {host: demo, subset: v1}, weight: 20}
+    - {destination: {host: demo, subset: v2}, weight: 80}
+    mirror: {host: demo, subset: v2}
+    mirrorPercentage: {value: 12.5}
+"#;
+
+    pub(crate) fn inputs(text: &str) -> Inputs {
+        let mut loaded = Loaded::default();
+        load_text("demo.yaml", text, &mut loaded);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let problems = crate::validate::validate(&loaded.inputs);
+        assert!(problems.is_empty(), "{problems:?}");
+        loaded.inputs
+    }
+
+    pub(crate) fn options() -> Options {
+        Options {
+            modules: [(
+                "minirpc".to_owned(),
+                Module {
+                    source: ModuleSource::Local("/m/minirpc.wasm".into()),
+                    failure_policy: FailurePolicy::Closed,
+                    config: Default::default(),
+                },
+            )]
+            .into(),
+            bind: "127.0.0.1".into(),
+            build: Build::Wasm,
+            namespace: None,
+            target: Target::Envoy,
+        }
+    }
+
+    #[test]
+    fn demo_translates_with_aeraki_semantics() {
+        let r = translate(&inputs(DEMO), &options()).unwrap();
+        assert_eq!(
+            r.clusters.keys().collect::<Vec<_>>(),
+            vec![
+                "meltemi_server|9000|v1|demo",
+                "meltemi_server|9000|v2|demo",
+                "meltemi_server|9000||demo",
+                "outbound|9000|v1|demo",
+                "outbound|9000|v2|demo",
+                "outbound|9000||demo",
+            ]
+        );
+        assert!(r.listeners.contains_key("127.0.0.1_9000"));
+        assert!(r.listeners.contains_key("meltemi_back|9000|v2|demo"));
+        let v1 = &r.endpoints["meltemi_server|9000|v1|demo"];
+        assert_eq!(
+            v1["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+                ["port_value"],
+            9101
+        );
+        assert_eq!(
+            r.endpoints["meltemi_server|9000||demo"]["endpoints"][0]["lb_endpoints"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        let rc = &r.routes["meltemi_9000"];
+        assert_eq!(rc["virtual_hosts"][0]["domains"][0], "meltemi.local");
+        let routes = &rc["virtual_hosts"][1]["routes"];
+        let first = &routes[0];
+        let headers = first["match"]["headers"].as_array().unwrap();
+        // BTreeMap order: Host, method, trace, user; reserved `host` gets the prefix.
+        assert_eq!(headers[0]["name"], "x-meltemi-md-host");
+        assert_eq!(headers[0]["string_match"]["prefix"], "a");
+        assert_eq!(headers[1]["string_match"]["exact"], "sayHello");
+        assert_eq!(headers[2]["present_match"], true);
+        assert_eq!(headers[3]["string_match"]["safe_regex"]["regex"], "u[0-9]+");
+        assert_eq!(first["route"]["cluster"], "outbound|9000|v1|demo");
+        assert_eq!(
+            first["route"]["hash_policy"][0]["header"]["header_name"],
+            "user"
+        );
+        assert_eq!(
+            first["request_headers_to_add"][0]["header"]["value"],
+            meltemi_sdk::bridge::mutation_header_value("env", "can=ary")
+        );
+        assert_eq!(
+            first["response_headers_to_add"][0]["header"]["key"],
+            "x-meltemi-mutation"
+        );
+        let split = &routes[1]["route"];
+        assert_eq!(split["weighted_clusters"]["clusters"][1]["weight"], 80);
+        assert_eq!(
+            split["request_mirror_policies"][0]["cluster"],
+            "outbound|9000|v2|demo"
+        );
+        assert_eq!(
+            split["request_mirror_policies"][0]["runtime_fraction"]["default_value"]["numerator"],
+            125_000
+        );
+        let server = &r.clusters["meltemi_server|9000|v1|demo"];
+        assert_eq!(
+            server["circuit_breakers"]["thresholds"][0]["max_connections"],
+            10
+        );
+        assert_eq!(
+            server["outlier_detection"]["consecutive_gateway_failure"],
+            3
+        );
+        assert_eq!(server["outlier_detection"]["interval"], "5s");
+        let bridge = &r.clusters["outbound|9000|v1|demo"];
+        assert_eq!(
+            bridge["circuit_breakers"]["thresholds"][0]["max_pending_requests"],
+            5
+        );
+        // One host on the port: the front names it.
+        let front = r.listeners["127.0.0.1_9000"]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["config"]["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(front, r#"{"role":"front","service":"demo"}"#);
+    }
+
+    #[test]
+    fn default_route_without_router_and_missing_module() {
+        let text: String = DEMO.split("---").take(3).collect::<Vec<_>>().join("---");
+        let r = translate(&inputs(&text), &options()).unwrap();
+        let route = &r.routes["meltemi_9000"]["virtual_hosts"][1]["routes"][0];
+        assert_eq!(route["name"], "default");
+        assert_eq!(route["route"]["cluster"], "outbound|9000||demo");
+        assert_eq!(
+            route["route"]["hash_policy"][0]["header"]["header_name"],
+            "user"
+        );
+        let e = translate(&inputs(&text), &Options::default()).unwrap_err();
+        assert!(e.0.contains("--module minirpc="), "{e}");
+    }
+
+    #[test]
+    fn dubbo_interface_level_services_share_a_port() {
+        let text = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: a, namespace: d}
+spec:
+  hosts: [org.example.a]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: b, namespace: d}
+spec:
+  hosts: [org.example.b]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+"#;
+        let mut o = options();
+        o.modules.insert(
+            "dubbo".into(),
+            Module {
+                source: ModuleSource::Remote {
+                    url: "https://modules.example/dubbo.wasm".into(),
+                    sha256: "ab".repeat(32),
+                },
+                failure_policy: FailurePolicy::Open,
+                config: Default::default(),
+            },
+        );
+        let r = translate(&inputs(text), &o).unwrap();
+        let wasm = &r.listeners["127.0.0.1_20880"]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["config"];
+        // Two hosts on the port: each message's `service` metadata (the interface) picks it.
+        assert_eq!(wasm["configuration"]["value"], r#"{"role":"front"}"#);
+        assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
+        assert_eq!(
+            wasm["vm_config"]["code"]["remote"]["sha256"],
+            "ab".repeat(32)
+        );
+        assert_eq!(
+            wasm["vm_config"]["code"]["remote"]["http_uri"]["cluster"],
+            "meltemi_module|modules.example|443"
+        );
+        assert!(r
+            .clusters
+            .contains_key("meltemi_module|modules.example|443"));
+        let vhosts = r.routes["meltemi_20880"]["virtual_hosts"]
+            .as_array()
+            .unwrap();
+        assert_eq!(vhosts.len(), 3);
+        assert_eq!(vhosts[2]["domains"][0], "org.example.b");
+        assert_eq!(
+            vhosts[2]["routes"][0]["route"]["cluster"],
+            "outbound|20880||org.example.b"
+        );
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("250ms").as_deref(), Some("0.25s"));
+        assert_eq!(duration("2m").as_deref(), Some("120s"));
+        assert_eq!(duration("x"), None);
+    }
+}
+
+#[cfg(test)]
+mod scale {
+    use super::tests::options;
+    use super::*;
+    use crate::model::*;
+
+    /// 1,000 services with 10 routes each translate (and encode for xDS) well within a second.
+    #[test]
+    fn thousand_services_ten_routes_each() {
+        let mut inputs = Inputs::default();
+        let source = Source::default();
+        inputs.protocols.push(Object {
+            meta: ObjectMeta {
+                name: "minirpc".into(),
+                ..Default::default()
+            },
+            spec: ApplicationProtocolSpec {
+                protocol: "minirpc".into(),
+                codec: String::new(),
+            },
+            source: source.clone(),
+        });
+        for i in 0..1000u32 {
+            let host = format!("svc{i}.meta.svc");
+            let meta = ObjectMeta {
+                name: format!("svc{i}"),
+                namespace: Some("meta".into()),
+                ..Default::default()
+            };
+            inputs.service_entries.push(Object {
+                meta: meta.clone(),
+                spec: ServiceEntrySpec {
+                    hosts: vec![host.clone()],
+                    ports: vec![ServicePort {
+                        number: 20000 + i,
+                        name: "tcp-metaprotocol-minirpc".into(),
+                        ..Default::default()
+                    }],
+                    endpoints: ["v1", "v2"]
+                        .iter()
+                        .map(|v| WorkloadEntry {
+                            address: "10.0.0.1".into(),
+                            labels: [("version".to_owned(), v.to_string())].into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                source: source.clone(),
+            });
+            inputs.destination_rules.push(Object {
+                meta: meta.clone(),
+                spec: DestinationRuleSpec {
+                    host: host.clone(),
+                    subsets: ["v1", "v2"]
+                        .iter()
+                        .map(|v| Subset {
+                            name: v.to_string(),
+                            labels: [("version".to_owned(), v.to_string())].into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                },
+                source: source.clone(),
+            });
+            let routes = (0..10)
+                .map(|r| MetaRoute {
+                    name: Some(format!("r{r}")),
+                    matches: (r < 9).then(|| MetaRouteMatch {
+                        attributes: [(
+                            "method".to_owned(),
+                            Some(StringMatch {
+                                exact: Some(format!("m{r}")),
+                                ..Default::default()
+                            }),
+                        )]
+                        .into(),
+                    }),
+                    route: vec![
+                        RouteDestination {
+                            destination: Destination {
+                                host: host.clone(),
+                                subset: Some("v1".into()),
+                                port: None,
+                            },
+                            weight: 90,
+                        },
+                        RouteDestination {
+                            destination: Destination {
+                                host: host.clone(),
+                                subset: Some("v2".into()),
+                                port: None,
+                            },
+                            weight: 10,
+                        },
+                    ],
+                    ..Default::default()
+                })
+                .collect();
+            inputs.routers.push(Object {
+                meta,
+                spec: MetaRouterSpec {
+                    hosts: vec![host],
+                    routes,
+                    ..Default::default()
+                },
+                source: source.clone(),
+            });
+        }
+        let t = std::time::Instant::now();
+        let problems = crate::validate::validate(&inputs);
+        assert!(problems.is_empty(), "{:?}", problems.first());
+        let validated = t.elapsed();
+        let r = translate(&inputs, &options()).unwrap();
+        let translated = t.elapsed();
+        let snapshot = crate::xds::Snapshot::new(&r, t).unwrap();
+        let encoded = t.elapsed();
+        assert_eq!(r.routes.len(), 1000);
+        assert_eq!(snapshot.types[crate::proto::CLUSTER].resources.len(), 6000);
+        eprintln!(
+            "1000 services x 10 routes: validate {:.0} ms, +translate {:.0} ms, +encode for xDS {:.0} ms (cumulative)",
+            validated.as_secs_f64() * 1000.0,
+            translated.as_secs_f64() * 1000.0,
+            encoded.as_secs_f64() * 1000.0
+        );
+        assert!(
+            translated < std::time::Duration::from_secs(1),
+            "{translated:?}"
+        );
+
+        // One service's routes change: what a file change costs before the push.
+        if let Some(r0) = inputs.routers[0].spec.routes.first_mut() {
+            r0.route[0].weight = 80;
+            r0.route[1].weight = 20;
+        }
+        let t = std::time::Instant::now();
+        let r2 = translate(&inputs, &options()).unwrap();
+        let translated = t.elapsed();
+        let s2 = crate::xds::Snapshot::update(&r2, t, Some(&snapshot)).unwrap();
+        let encoded = t.elapsed();
+        let changed: Vec<&str> = s2
+            .types
+            .iter()
+            .filter(|(k, v)| snapshot.types[*k].version != v.version)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(changed, vec![crate::proto::ROUTE], "only RDS changes");
+        eprintln!(
+            "one route change among 1000 services: translate {:.0} ms, +encode (cached) {:.0} ms (cumulative)",
+            translated.as_secs_f64() * 1000.0,
+            encoded.as_secs_f64() * 1000.0
+        );
+    }
+}
