@@ -512,10 +512,7 @@ impl<C: Codec> Front<C> {
         let result = loop {
             let rest = src.get(offset..).unwrap_or(&[]);
             if self.passing > 0 {
-                let n = self.passing.min(rest.len());
-                out.extend_from_slice(rest.get(..n).unwrap_or(&[]));
-                offset = offset.saturating_add(n);
-                self.passing = self.passing.saturating_sub(n);
+                offset = offset.saturating_add(http1::pass_body(&mut self.passing, rest, &mut out));
                 if self.passing > 0 {
                     break Ok(());
                 }

@@ -105,6 +105,15 @@ fn head(headers: Vec<(String, String)>, status: u16, len: usize) -> Head {
     }
 }
 
+/// Moves up to `remaining` body bytes from the start of `rest` to `out` (a body passed on as it
+/// arrives); returns how many, and counts them off `remaining`.
+pub fn pass_body(remaining: &mut usize, rest: &[u8], out: &mut Vec<u8>) -> usize {
+    let n = (*remaining).min(rest.len());
+    out.extend_from_slice(rest.get(..n).unwrap_or(&[]));
+    *remaining = remaining.saturating_sub(n);
+    n
+}
+
 /// The head of the request at the start of `buf`; `Ok(None)` when it is incomplete.
 pub fn request_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

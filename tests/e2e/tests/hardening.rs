@@ -422,7 +422,10 @@ fn a_service_name_that_is_no_valid_authority_fails_alone() {
     let r = c.recv().unwrap();
     assert_eq!((r.kind, r.id), (kind::ERROR, 1), "no route for that name");
     let r = c.recv().unwrap();
-    assert_eq!((r.kind, r.id, r.payload), (kind::RESPONSE, 2, b"v1:next".to_vec()));
+    assert_eq!(
+        (r.kind, r.id, r.payload),
+        (kind::RESPONSE, 2, b"v1:next".to_vec())
+    );
 }
 
 #[test]
