@@ -10,14 +10,7 @@ use std::path::Path;
 use meltemi_dubbo::{DubboCodec, DubboConfig};
 use meltemi_sdk::Codec;
 
-const EXTREMES: [u32; 6] = [
-    0xFFFF_FFFF,
-    0xFFFF_FFF0,
-    0xFFFF_FFEF,
-    0x7FFF_FFFF,
-    0x8000_0000,
-    0xFFFF_FF00,
-];
+use meltemi_sdk::testing::EXTREME_LENGTHS as EXTREMES;
 
 /// Every frame of every captured stream, cut by its header.
 fn captured_frames() -> Vec<(String, Vec<u8>)> {

@@ -13,14 +13,7 @@ use std::path::Path;
 use meltemi_sdk::Codec;
 use meltemi_thrift::{Config, ThriftCodec};
 
-const EXTREMES: [u32; 6] = [
-    0xFFFF_FFFF,
-    0xFFFF_FFF0,
-    0xFFFF_FFEF,
-    0x7FFF_FFFF,
-    0x8000_0000,
-    0xFFFF_FF00,
-];
+use meltemi_sdk::testing::EXTREME_LENGTHS as EXTREMES;
 
 /// The first message of each captured request stream (its length found by a fresh codec).
 fn first_messages() -> Vec<(String, Vec<u8>)> {
