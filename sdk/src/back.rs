@@ -453,7 +453,7 @@ impl<C: Codec> Back<C> {
 /// Whether `message` can be the answer to the awaited request: same request id (when the
 /// front sent one) and, when both name a method, the same method. Clients that give every call
 /// the same id (Apache Thrift's Python client uses 0) are still checked by method.
-fn answers(message: &Message, id: Option<u64>, method: &Option<String>) -> bool {
+pub(crate) fn answers(message: &Message, id: Option<u64>, method: &Option<String>) -> bool {
     if id.is_some_and(|id| id != message.request_id) {
         return false;
     }

@@ -86,6 +86,8 @@ pub struct Front<C: Codec> {
     next_seq: u64,
     /// Secret of this connection in every request's sequence header (see [`http1::write_request`]).
     token: u64,
+    /// Most requests handed ahead at once (see [`Front::hand_one`]).
+    hand_cap: usize,
 }
 
 impl<C: Codec> Front<C> {
@@ -109,6 +111,7 @@ impl<C: Codec> Front<C> {
             in_flight: VecDeque::new(),
             next_seq: 1,
             token: connection_token(),
+            hand_cap: usize::MAX,
         }
     }
 
@@ -142,6 +145,7 @@ impl<C: Codec> Front<C> {
 
     fn has_room(&self) -> bool {
         self.in_flight.len() < self.limits().max_pending_requests
+            && self.handed.len() < self.hand_cap
             && (self.handed.is_empty() || self.handed_bytes() < HAND_AHEAD_BYTES)
     }
 
@@ -227,6 +231,15 @@ impl<C: Codec> Front<C> {
             self.backlog.consume(result?);
         }
         Ok(out)
+    }
+
+    /// Hands at most one request waiting behind a limit. The native glue injects it into an
+    /// idle HCM outside a read event, in a buffer of its own that HCM must consume whole.
+    pub fn hand_one(&mut self, now_ns: u64, sink: &mut dyn Sink) -> Result<Vec<u8>, Fatal> {
+        self.hand_cap = 1;
+        let out = self.on_client_bytes(&[], now_ns, sink);
+        self.hand_cap = usize::MAX;
+        out
     }
 
     /// Keeps `bytes` in the backlog, or refuses the connection when it would pass a limit.

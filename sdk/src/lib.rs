@@ -29,10 +29,15 @@ pub mod bridge;
 pub mod codec;
 pub mod config;
 #[doc(hidden)]
+pub mod exchange;
+#[doc(hidden)]
 pub mod front;
 #[doc(hidden)]
 pub mod http1;
 pub mod metadata;
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+#[doc(hidden)]
+pub mod native;
 #[doc(hidden)]
 pub mod stats;
 #[cfg(not(target_arch = "wasm32"))]
@@ -45,12 +50,14 @@ pub mod wasm;
 pub use codec::{Codec, CodecError, CodecErrorKind, ErrorKind, Message, MessageKind};
 pub use metadata::Metadata;
 
-/// Exports `$codec` as the proxy-wasm network filter of this `.wasm` module.
+/// Exports `$codec` as the Envoy filter of this module: the proxy-wasm network filter when
+/// built for `wasm32-wasip1`, and the dynamic-module front and back when built natively with
+/// the SDK's `native` feature (`scripts/build-modules.sh` does both).
 ///
 /// ```ignore
 /// meltemi_sdk::export_codec!(my_codec::MyCodec);
 /// ```
-/// Expands to nothing outside wasm32, so the crate still builds and tests natively.
+/// Otherwise it expands to nothing, so the crate still builds and tests natively.
 #[macro_export]
 macro_rules! export_codec {
     ($codec:ty) => {
@@ -58,5 +65,15 @@ macro_rules! export_codec {
         $crate::wasm::proxy_wasm::main! {{
             $crate::wasm::start::<$codec>();
         }}
+        #[cfg(not(target_arch = "wasm32"))]
+        $crate::__export_native!($codec);
     };
+}
+
+/// Without the `native` feature a native build exports nothing.
+#[cfg(not(all(feature = "native", not(target_arch = "wasm32"))))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_native {
+    ($codec:ty) => {};
 }

@@ -50,6 +50,73 @@ pub const STATS_TAGS: [(&str, &str); 8] = [
     ("label", r"(;\.;label=\.=(.*?))(?:;\.;|$)"),
 ];
 
+/// What kind of metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Values of `outcome` in [`RESPONSES`].
+pub const OUTCOMES: [&str; 5] = [
+    "success",
+    "business_error",
+    "local_reply",
+    "oneway",
+    "dropped",
+];
+/// Values of `reason` in [`REFUSED`].
+pub const REASONS: [&str; 4] = [
+    "frame_too_large",
+    "metadata_limit",
+    "connection_buffer_limit",
+    "vm_buffer_budget",
+];
+const ROLES: [&str; 2] = ["front", "back"];
+
+/// Every metric name the transcoders of `protocol` can report when the `service` and `method`
+/// label values are limited to `services` and `methods` (include [`crate::vm::OTHER`]). The
+/// native build must define its metrics when its configuration loads (Envoy freezes the set
+/// afterwards), so it defines exactly these.
+pub fn catalogue(protocol: &str, services: &[&str], methods: &[&str]) -> Vec<(MetricType, String)> {
+    use MetricType::{Counter, Gauge, Histogram};
+    let p = ("protocol", protocol);
+    let mut out = vec![
+        (Counter, METRICS_DROPPED.to_owned()),
+        (Gauge, name(ACTIVE, &[p])),
+        (Counter, name(MUTATION_UNSUPPORTED, &[p])),
+    ];
+    for role in ROLES {
+        let r = ("role", role);
+        for base in [DECODE_ERRORS, STRAY_ANSWERS, UNEXPECTED, HEARTBEATS] {
+            out.push((Counter, name(base, &[p, r])));
+        }
+        for reason in REASONS {
+            out.push((Counter, name(REFUSED, &[p, ("reason", reason), r])));
+        }
+    }
+    for label in ["service", "method"] {
+        out.push((Counter, name(LABEL_OVERFLOW, &[p, ("label", label)])));
+    }
+    for service in services {
+        for method in methods {
+            let sm = [p, ("service", *service), ("method", *method)];
+            out.push((Counter, name(REQUESTS, &sm)));
+            out.push((Histogram, name(DURATION, &sm)));
+            for outcome in OUTCOMES {
+                let l = [sm[0], sm[1], sm[2], ("outcome", outcome)];
+                out.push((Counter, name(RESPONSES, &l)));
+            }
+            for kind in crate::ErrorKind::ALL {
+                let l = [sm[0], sm[1], sm[2], ("kind", kind.as_str())];
+                out.push((Counter, name(LOCAL_REPLIES, &l)));
+            }
+        }
+    }
+    out
+}
+
 /// Where transcoders report. The wasm glue maps it onto proxy-wasm metrics; tests record.
 pub trait Sink {
     /// Adds `n` to a counter.

@@ -1,6 +1,12 @@
-//! Renders a bridge bootstrap for any codec: one front listener (wasm → HCM), one internal
-//! listener + cluster pair per destination (wasm back → tcp_proxy → server), the
-//! `meltemi.local` virtual host, and the stats tags. Routes are given as Envoy route JSON.
+//! Renders a bridge bootstrap for any codec and either build: one front listener (front →
+//! HCM), one destination cluster per server, the `meltemi.local` virtual host, and the stats
+//! tags. Routes are given as Envoy route JSON.
+//!
+//! - [`Engine::Wasm`]: wasm front; each destination is an internal listener (wasm back →
+//!   tcp_proxy → server) plus the cluster pointing at it.
+//! - [`Engine::Native`]: dynamic-module front; each destination cluster points at the server
+//!   and runs the dynamic-module back as its upstream (the router's HTTP→TCP bridge).
+//! - [`Engine::Mix`]: wasm front, dynamic-module back.
 //!
 //! The MiniRPC example keeps its hand-written YAML (it documents the shape); suites for other
 //! protocols render theirs here. Envoy reads JSON as YAML.
@@ -17,12 +23,50 @@ pub struct Destination {
     pub port: u16,
 }
 
+/// Which build runs each side of the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// proxy-wasm front and back.
+    Wasm,
+    /// Dynamic-module front and back.
+    Native,
+    /// proxy-wasm front, dynamic-module back.
+    Mix,
+}
+
+impl Engine {
+    /// Every engine, for suites that run on all of them.
+    pub const ALL: [Engine; 3] = [Engine::Wasm, Engine::Native, Engine::Mix];
+
+    /// Lower-case name (test and directory names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Wasm => "wasm",
+            Engine::Native => "native",
+            Engine::Mix => "mix",
+        }
+    }
+
+    fn native_front(self) -> bool {
+        self == Engine::Native
+    }
+
+    fn native_back(self) -> bool {
+        self != Engine::Wasm
+    }
+}
+
 /// Everything that differs between bridge deployments.
 pub struct Bridge<'a> {
     /// Protocol name (listener and VM names).
     pub protocol: &'a str,
     /// The codec's `.wasm`.
     pub wasm: &'a Path,
+    /// Which build runs the front and the back; the dynamic module is `module` (the codec
+    /// crate's library name, found on Envoy's `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`).
+    pub engine: Engine,
+    /// Dynamic module name, e.g. `meltemi_thrift` for `libmeltemi_thrift.so`.
+    pub module: &'a str,
     /// Front plugin configuration (JSON object; `role` is added).
     pub front: Value,
     /// Back plugin configuration (JSON object; `role` is added).
@@ -79,6 +123,34 @@ fn wasm_plugin(name: &str, vm_id: &str, wasm: &Path, configuration: &str) -> Val
                     "value": configuration
                 }
             }
+        }
+    })
+}
+
+/// The dynamic-module front: the same JSON configuration as the wasm front's.
+fn native_front(module: &str, mut config: Value) -> Value {
+    config["role"] = json!("front");
+    json!({
+        "name": "meltemi_front",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter",
+            "dynamic_module_config": {"name": module},
+            "filter_name": "front",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()}
+        }
+    })
+}
+
+/// The dynamic-module back as a cluster's upstream: the router's HTTP→TCP bridge.
+fn native_back(module: &str, mut config: Value) -> Value {
+    config["role"] = json!("back");
+    json!({
+        "name": "envoy.upstreams.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.dynamic_modules.v3.Config",
+            "dynamic_module_config": {"name": module},
+            "bridge_name": "back",
+            "bridge_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config.to_string()}
         }
     })
 }
@@ -144,7 +216,11 @@ impl Bridge<'_> {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
             "per_connection_buffer_limit_bytes": FRONT_BUFFER_LIMIT,
             "filter_chains": [{"filters": [
-                wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front"),
+                if self.engine.native_front() {
+                    native_front(self.module, self.front.clone())
+                } else {
+                    wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front")
+                },
                 {
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
@@ -160,6 +236,15 @@ impl Bridge<'_> {
         })];
         let mut clusters = Vec::new();
         for d in &self.destinations {
+            if self.engine.native_back() {
+                let mut c = cluster(
+                    &d.cluster,
+                    json!({"socket_address": {"address": "127.0.0.1", "port_value": d.port}}),
+                );
+                c["upstream_config"] = native_back(self.module, self.back.clone());
+                clusters.push(c);
+                continue;
+            }
             let back = format!("{}_back", d.cluster);
             let server = format!("{}_server", d.cluster);
             listeners.push(json!({

@@ -35,7 +35,11 @@ impl Envoy {
                 "--log-level",
                 "warn",
             ])
-            .args(["--component-log-level", "wasm:info"])
+            .args(["--component-log-level", "wasm:info,dynamic_modules:info"])
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                crate::workspace::native_dir(),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -70,6 +74,10 @@ impl Envoy {
                 "--log-level",
                 "warn",
             ])
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                crate::workspace::native_dir(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -184,8 +192,15 @@ impl Drop for Envoy {
     }
 }
 
-/// Sum of Prometheus samples named exactly `metric` with all `labels`.
+/// Where the native build's metrics appear in Prometheus: Envoy 1.40 strips the
+/// `wasmcustom.` namespace of wasm metrics but keeps `dynamicmodulescustom.` (and prefixes
+/// `envoy_`), so `meltemi_requests_total` of a dynamic module is this prefix plus the name.
+pub const NATIVE_PROM_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
+/// Sum of Prometheus samples named exactly `metric` (or, for Meltemi's metrics, the native
+/// build's name for it) with all `labels`.
 pub fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let native = format!("{NATIVE_PROM_PREFIX}{metric}");
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -194,7 +209,7 @@ pub fn prom_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
                 Some((n, r)) => (n, r),
                 None => (series, ""),
             };
-            if name != metric {
+            if name != metric && !(metric.starts_with("meltemi_") && name == native) {
                 return None;
             }
             let all = labels

@@ -246,6 +246,79 @@ impl Deployment {
         Self::start_with_front(name, None)
     }
 
+    /// The same deployment on `engine`, rendered by [`crate::bootstrap::Bridge`] with the
+    /// hand-written example's routes (the wasm engine is the example itself).
+    pub fn start_on(engine: crate::bootstrap::Engine, name: &str) -> Deployment {
+        use crate::bootstrap::{route_action, Bridge, Destination, Engine};
+        use crate::workspace;
+        use serde_json::json;
+        if engine == Engine::Wasm {
+            return Self::start(name);
+        }
+        let wasm = workspace::build_for(engine, "minirpc");
+        let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+        let (port, admin) = (workspace::free_port(), workspace::free_port());
+        let to = |path: &str, cluster: &str| json!({"match": {"prefix": format!("/demo/{path}")}, "route": route_action(cluster)});
+        let mut tagged = to("tagged", "demo_v1");
+        tagged["request_headers_to_add"] = json!([{
+            "header": {"key": "x-meltemi-mutation", "value": "env=canary"},
+            "append_action": "APPEND_IF_EXISTS_OR_ADD"
+        }]);
+        let routes = vec![
+            to("sayHello", "demo_v1"),
+            to("sayBye", "demo_v2"),
+            json!({
+                "match": {"prefix": "/demo/", "headers": [{"name": "version", "string_match": {"exact": "v2"}}]},
+                "route": route_action("demo_v2")
+            }),
+            tagged,
+            to("echo", "demo_v1"),
+            to("notify", "demo_v1"),
+            to("count", "demo_v1"),
+            to("crash", "demo_v1"),
+            to("dup", "demo_v1"),
+            to("wrongid", "demo_v1"),
+        ];
+        let limits = json!({"max_frame_bytes": 4194304, "max_pending_requests": 256});
+        let config = Bridge {
+            protocol: "minirpc",
+            wasm: &wasm,
+            engine,
+            module: "minirpc",
+            // What the controller fills in from the routes: the native build defines metrics
+            // for these label values when it loads (others are reported as `other`).
+            front: json!({
+                "limits": limits,
+                "known_services": ["demo"],
+                "known_methods": ["sayHello", "sayBye", "tagged", "echo", "notify", "count", "crash", "dup", "wrongid", "nope"]
+            }),
+            back: json!({"limits": {"max_frame_bytes": 4194304}}),
+            listen_port: port,
+            admin_port: admin,
+            destinations: vec![
+                Destination {
+                    cluster: "demo_v1".into(),
+                    port: v1.port,
+                },
+                Destination {
+                    cluster: "demo_v2".into(),
+                    port: v2.port,
+                },
+            ],
+            virtual_hosts: vec![json!({"name": "demo", "domains": ["demo"], "routes": routes})],
+            http_filters: vec![],
+        }
+        .render();
+        let envoy =
+            crate::envoy::Envoy::start(&format!("{name}-{}", engine.name()), &config, admin);
+        Deployment {
+            envoy,
+            port,
+            v1,
+            v2,
+        }
+    }
+
     /// The same with the front's plugin configuration replaced by `front` (a JSON object;
     /// `role` is set here).
     pub fn start_with_front(name: &str, front: Option<serde_json::Value>) -> Deployment {

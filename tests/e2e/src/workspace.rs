@@ -46,6 +46,49 @@ pub fn build_wasm(package: &str) -> PathBuf {
     path
 }
 
+/// Builds `package` as an Envoy dynamic module (the SDK's `native` feature, the `native`
+/// profile) and returns the `.so`'s path. Envoy started by [`crate::envoy::Envoy`] finds it by
+/// name: its search path is this directory.
+pub fn build_native(package: &str) -> PathBuf {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = root();
+    let status = Command::new(env!("CARGO"))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            "native",
+            "--features",
+            "meltemi-sdk/native",
+            "-p",
+            package,
+        ])
+        .status()
+        .expect("run cargo build for the dynamic module");
+    assert!(
+        status.success(),
+        "building {package} as a dynamic module failed"
+    );
+    let path = native_dir().join(format!("lib{}.so", package.replace('-', "_")));
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+/// Where [`build_native`] puts dynamic modules.
+pub fn native_dir() -> PathBuf {
+    root().join("target/native")
+}
+
+/// Builds what `engine` needs of `package`: the `.wasm` (always: the wasm front or back) and,
+/// for the native engines, the `.so`. Returns the `.wasm` path.
+pub fn build_for(engine: crate::bootstrap::Engine, package: &str) -> PathBuf {
+    if engine != crate::bootstrap::Engine::Wasm {
+        build_native(package);
+    }
+    build_wasm(package)
+}
+
 /// Builds the standalone (non-workspace) crate in `dir` (relative to the repository root) for
 /// `wasm32-wasip1` in release mode, into the target directory the wasm test host uses for its
 /// own test modules, and returns `<artifact>.wasm`.

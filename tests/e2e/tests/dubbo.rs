@@ -141,6 +141,8 @@ impl Setup {
         let rendered = Bridge {
             protocol: "dubbo",
             wasm: &wasm,
+            engine: meltemi_e2e::bootstrap::Engine::Wasm,
+            module: "meltemi_dubbo",
             front: codec.clone(),
             back: codec,
             listen_port: iface_port,

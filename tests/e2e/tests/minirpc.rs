@@ -1,25 +1,26 @@
-//! MiniRPC through the real Envoy 1.40 with the built `minirpc.wasm` on both sides of the
-//! bridge: per-request routing, error replies, failures, limits and metrics as a client and
-//! Envoy's admin endpoint see them.
+//! MiniRPC through the real Envoy 1.40 on every engine (the built `minirpc.wasm` on both
+//! sides, the `libminirpc.so` dynamic module on both sides, and the mix): per-request routing,
+//! error replies, failures, limits and metrics as a client and Envoy's admin endpoint see them.
+//! Each scenario runs as `wasm::<name>`, `native::<name>` and `mix::<name>`.
 
 use std::sync::atomic::Ordering;
 use std::thread::sleep;
 use std::time::Duration;
 
+use meltemi_e2e::bootstrap::Engine;
 use meltemi_e2e::minirpc_peer::{encode, request, Client, Deployment};
 use minirpc::kind;
 
-fn setup(name: &str) -> Deployment {
-    Deployment::start(name)
+fn setup(engine: Engine, name: &str) -> Deployment {
+    Deployment::start_on(engine, name)
 }
 
 fn payload_of(f: &meltemi_e2e::minirpc_peer::Frame) -> String {
     String::from_utf8_lossy(&f.payload).into_owned()
 }
 
-#[test]
-fn one_connection_is_routed_per_request_by_method_and_metadata() {
-    let s = setup("routing");
+fn one_connection_is_routed_per_request_by_method_and_metadata(engine: Engine) {
+    let s = setup(engine, "routing");
     let mut c = Client::connect(s.port);
     let r = c.call(&request(1, "sayHello", &[], b"a"));
     assert_eq!(
@@ -72,9 +73,8 @@ fn one_connection_is_routed_per_request_by_method_and_metadata() {
     );
 }
 
-#[test]
-fn no_route_gets_a_protocol_error_reply_and_the_connection_lives_on() {
-    let s = setup("noroute");
+fn no_route_gets_a_protocol_error_reply_and_the_connection_lives_on(engine: Engine) {
+    let s = setup(engine, "noroute");
     let mut c = Client::connect(s.port);
     let r = c.call(&request(7, "nope", &[], b"x"));
     assert_eq!((r.kind, r.id), (kind::ERROR, 7));
@@ -89,9 +89,8 @@ fn no_route_gets_a_protocol_error_reply_and_the_connection_lives_on() {
     );
 }
 
-#[test]
-fn upstream_closing_mid_request_fails_only_that_request() {
-    let s = setup("crash");
+fn upstream_closing_mid_request_fails_only_that_request(engine: Engine) {
+    let s = setup(engine, "crash");
     let mut c = Client::connect(s.port);
     let r = c.call(&request(1, "crash", &[], b""));
     assert_eq!((r.kind, r.id), (kind::ERROR, 1));
@@ -105,9 +104,8 @@ fn upstream_closing_mid_request_fails_only_that_request() {
     assert_eq!(payload_of(&r), "v1:after");
 }
 
-#[test]
-fn one_mebibyte_messages_and_one_byte_chunks() {
-    let s = setup("big");
+fn one_mebibyte_messages_and_one_byte_chunks(engine: Engine) {
+    let s = setup(engine, "big");
     let mut c = Client::connect(s.port);
     let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
     let r = c.call(&request(1, "echo", &[], &big));
@@ -118,9 +116,8 @@ fn one_mebibyte_messages_and_one_byte_chunks() {
     assert_eq!((r.id, payload_of(&r).as_str()), (2, "v2:tiny"));
 }
 
-#[test]
-fn garbage_closes_only_its_connection_and_is_counted() {
-    let s = setup("garbage");
+fn garbage_closes_only_its_connection_and_is_counted(engine: Engine) {
+    let s = setup(engine, "garbage");
     let mut good = Client::connect(s.port);
     assert_eq!(
         payload_of(&good.call(&request(1, "echo", &[], b"before"))),
@@ -141,9 +138,8 @@ fn garbage_closes_only_its_connection_and_is_counted() {
     );
 }
 
-#[test]
-fn heartbeats_are_answered_without_reaching_the_server() {
-    let s = setup("heartbeat");
+fn heartbeats_are_answered_without_reaching_the_server(engine: Engine) {
+    let s = setup(engine, "heartbeat");
     let mut c = Client::connect(s.port);
     let r = c.call(&encode(kind::PING, 42, &[], &[]));
     assert_eq!((r.kind, r.id), (kind::PONG, 42));
@@ -154,9 +150,8 @@ fn heartbeats_are_answered_without_reaching_the_server() {
     );
 }
 
-#[test]
-fn one_way_calls_are_delivered_and_never_answered() {
-    let s = setup("oneway");
+fn one_way_calls_are_delivered_and_never_answered(engine: Engine) {
+    let s = setup(engine, "oneway");
     let mut c = Client::connect(s.port);
     for i in 0..3u64 {
         c.send(&encode(
@@ -176,9 +171,8 @@ fn one_way_calls_are_delivered_and_never_answered() {
     assert_eq!(s.v1.oneways.load(Ordering::SeqCst), 3);
 }
 
-#[test]
-fn route_mutation_reaches_the_server_in_the_frame() {
-    let s = setup("mutation");
+fn route_mutation_reaches_the_server_in_the_frame(engine: Engine) {
+    let s = setup(engine, "mutation");
     let mut c = Client::connect(s.port);
     let r = c.call(&request(1, "tagged", &[("env", "prod")], b"m"));
     assert_eq!(r.headers.get("server"), Some("v1"));
@@ -201,6 +195,8 @@ fn rendered_bootstrap_bridges_like_the_hand_written_one() {
     let config = Bridge {
         protocol: "minirpc",
         wasm: &wasm,
+        engine: meltemi_e2e::bootstrap::Engine::Wasm,
+        module: "minirpc",
         front: serde_json::json!({}),
         back: serde_json::json!({}),
         listen_port: port,
@@ -262,3 +258,14 @@ fn envoy_refuses_an_invalid_filter_configuration_and_names_the_field() {
         "{log}"
     );
 }
+
+meltemi_e2e::on_every_engine!(
+    one_connection_is_routed_per_request_by_method_and_metadata,
+    no_route_gets_a_protocol_error_reply_and_the_connection_lives_on,
+    upstream_closing_mid_request_fails_only_that_request,
+    one_mebibyte_messages_and_one_byte_chunks,
+    garbage_closes_only_its_connection_and_is_counted,
+    heartbeats_are_answered_without_reaching_the_server,
+    one_way_calls_are_delivered_and_never_answered,
+    route_mutation_reaches_the_server_in_the_frame,
+);

@@ -84,6 +84,8 @@ fn render(
     let rendered = Bridge {
         protocol: "thrift",
         wasm,
+        engine: meltemi_e2e::bootstrap::Engine::Wasm,
+        module: "meltemi_thrift",
         front: first.config.clone(),
         back: json!({"codec": {"transport": "auto", "protocol": "auto"}}),
         listen_port: first.port,

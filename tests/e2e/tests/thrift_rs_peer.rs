@@ -45,6 +45,8 @@ fn apache_client_one_way_then_two_way_calls_to_the_rust_thrift_server() {
         let config = Bridge {
             protocol: "thrift",
             wasm: &wasm,
+            engine: meltemi_e2e::bootstrap::Engine::Wasm,
+            module: "meltemi_thrift",
             front: json!({
                 "service": "echo",
                 "codec": {"transport": codec_transport, "protocol": protocol}

@@ -117,6 +117,8 @@ fn thrift(plan: &Plan) {
     let config = Bridge {
         protocol: "thrift",
         wasm: &wasm,
+        engine: meltemi_e2e::bootstrap::Engine::Wasm,
+        module: "meltemi_thrift",
         front: serde_json::json!({"service": "echo", "codec": {"transport": "framed", "protocol": "binary"}}),
         back: serde_json::json!({"codec": {"transport": "framed", "protocol": "binary"}}),
         listen_port: port,
@@ -180,6 +182,8 @@ fn dubbo(plan: &Plan) {
     let config = Bridge {
         protocol: "dubbo",
         wasm: &wasm,
+        engine: meltemi_e2e::bootstrap::Engine::Wasm,
+        module: "meltemi_dubbo",
         front: serde_json::json!({}),
         back: serde_json::json!({}),
         listen_port: port,

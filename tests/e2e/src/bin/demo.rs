@@ -125,6 +125,8 @@ fn thrift() {
     let config = Bridge {
         protocol: "thrift",
         wasm: &wasm,
+        engine: meltemi_e2e::bootstrap::Engine::Wasm,
+        module: "meltemi_thrift",
         front: json!({"service": "echo"}),
         back: json!({}),
         listen_port: port,

@@ -1,0 +1,346 @@
+//! Native front: binds [`Front`] to Envoy's dynamic-module network filter hooks
+//! (`envoy.filters.network.dynamic_modules`, placed before the HTTP connection manager).
+//!
+//! The transcoding is the wasm front's, byte for byte; only the buffer access differs. Envoy
+//! shows the filter its whole read buffer on every read, including requests HCM has not
+//! consumed yet; only the bytes that identify them and the new client bytes are read, and the
+//! buffer is left holding our HTTP requests and nothing else. Requests held back by
+//! `max_pending_requests` are handed from the filter's scheduler once HCM has answered
+//! everything, one at a time (data injected outside a read event reaches HCM in a buffer of its
+//! own, so nothing may be left unconsumed in it).
+//!
+//! Envoy runs this filter's write hook synchronously inside our own calls that write or inject
+//! (HCM may answer at once). State lives in a `RefCell` reached through a shared reference, and
+//! no borrow is held across those calls.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+
+use super::abi::{self, Connection, EnvoyBuffer, EnvoyPtr, NETWORK_CONTINUE};
+use super::metrics::{self, NativeSink};
+use super::{contain, now_ns, worker_config, worker_shared, ModuleConfig};
+use crate::config::Role;
+use crate::front::{Fatal, Front};
+use crate::Codec;
+
+enum State<C: Codec> {
+    Open(Box<Front<C>>),
+    /// Failed or closed: every byte is dropped.
+    Closed,
+}
+
+/// One client connection.
+pub struct Filter<C: Codec> {
+    state: RefCell<State<C>>,
+    /// Created on first use, deleted with the filter.
+    scheduler: Cell<EnvoyPtr>,
+}
+
+/// `config_new`: parses the same JSON as the wasm front's plugin configuration.
+///
+/// # Safety
+/// Called by Envoy on the main thread with buffers valid for the call.
+pub unsafe fn config_new<C: Codec>(
+    config_envoy: EnvoyPtr,
+    _name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: valid for this call.
+    let raw = unsafe { config.as_slice() };
+    match ModuleConfig::<C>::new(raw, Role::Front) {
+        Ok(config) => {
+            metrics::register(config_envoy, C::PROTOCOL, &config.services, &config.methods);
+            let config = Box::new(ModuleConfig::<C> {
+                envoy: config_envoy as usize,
+                ..config
+            });
+            Box::into_raw(config) as *const c_void
+        }
+        Err(e) => {
+            abi::log(abi::LOG_ERROR, &format!("{} front: {e}", C::PROTOCOL));
+            std::ptr::null()
+        }
+    }
+}
+
+/// # Safety
+/// `config` came from [`config_new`], destroyed once.
+pub unsafe fn config_destroy<C: Codec>(config: *const c_void) {
+    if config.is_null() {
+        return;
+    }
+    // SAFETY: made by `Box::into_raw` in `config_new`.
+    let config = unsafe { Box::from_raw(config as *mut ModuleConfig<C>) };
+    metrics::unregister(config.envoy as EnvoyPtr);
+}
+
+/// `filter_new`: the state of one client connection, on its worker thread.
+///
+/// # Safety
+/// `config` came from [`config_new`] and outlives the filter.
+pub unsafe fn filter_new<C: Codec>(config: *const c_void, _envoy: EnvoyPtr) -> *mut c_void {
+    // SAFETY: guaranteed by the caller.
+    let module = unsafe { &*(config as *const ModuleConfig<C>) };
+    let state = match worker_config(module) {
+        Some(config) => State::Open(Box::new(Front::with_shared(config, worker_shared(module)))),
+        None => State::Closed,
+    };
+    Box::into_raw(Box::new(Filter::<C> {
+        state: RefCell::new(state),
+        scheduler: Cell::new(std::ptr::null_mut()),
+    })) as *mut c_void
+}
+
+/// # Safety
+/// `filter` came from [`filter_new`], destroyed once.
+pub unsafe fn filter_destroy<C: Codec>(filter: *mut c_void) {
+    // SAFETY: made by `Box::into_raw` in `filter_new`.
+    let filter = unsafe { Box::from_raw(filter as *mut Filter<C>) };
+    let scheduler = filter.scheduler.get();
+    if !scheduler.is_null() {
+        // SAFETY: created by `new_scheduler` for this filter, deleted once.
+        unsafe { abi::delete_scheduler(scheduler) };
+    }
+    if let State::Open(mut front) = filter.state.into_inner() {
+        front.on_close(&mut NativeSink::default());
+    }
+}
+
+/// # Safety
+/// `filter` came from [`filter_new`] and is alive.
+unsafe fn filter_ref<'a, C: Codec>(filter: *mut c_void) -> &'a Filter<C> {
+    // SAFETY: guaranteed by the caller; only shared references are ever made.
+    unsafe { &*(filter as *const Filter<C>) }
+}
+
+/// Bytes of `chunks` from `start`, at most `len`: borrowed when one chunk holds them.
+fn gather(chunks: &[EnvoyBuffer], start: usize, len: usize) -> Cow<'_, [u8]> {
+    let mut skip = start;
+    let mut want = len;
+    let mut out: Option<Vec<u8>> = None;
+    for chunk in chunks {
+        if want == 0 {
+            break;
+        }
+        // SAFETY: the chunks were filled by Envoy during the current hook.
+        let bytes = unsafe { chunk.as_slice() };
+        if skip >= bytes.len() {
+            skip = skip.saturating_sub(bytes.len());
+            continue;
+        }
+        let part = bytes.get(skip..).unwrap_or(&[]);
+        skip = 0;
+        let take = part.get(..want.min(part.len())).unwrap_or(&[]);
+        want = want.saturating_sub(take.len());
+        match &mut out {
+            None if want == 0 => return Cow::Borrowed(take),
+            None => out = Some(take.to_vec()),
+            Some(v) => v.extend_from_slice(take),
+        }
+    }
+    out.map_or(Cow::Borrowed(&[][..]), Cow::Owned)
+}
+
+fn total(chunks: &[EnvoyBuffer]) -> usize {
+    chunks.iter().fold(0usize, |n, c| n.saturating_add(c.len))
+}
+
+/// Hands new client bytes to HCM: reads only the bytes identifying our unconsumed requests
+/// and the new bytes after them, and leaves the read buffer holding our requests only.
+fn pump<C: Codec>(
+    front: &mut Front<C>,
+    conn: Connection,
+    sink: &mut NativeSink,
+) -> Result<(), Fatal> {
+    let chunks = conn.read_chunks();
+    let size = total(&chunks);
+    let head = gather(&chunks, 0, front.peek_len().min(size));
+    let kept = front.kept(&head, size)?;
+    let raw = gather(&chunks, kept, size.saturating_sub(kept));
+    let http = front.on_client_bytes(&raw, now_ns(), sink)?;
+    let broken = || Fatal("cannot rewrite the read buffer".into());
+    if !raw.is_empty() {
+        // The client's bytes must leave the buffer: keep our earlier requests, then the new ones.
+        let prefix = gather(&chunks, 0, kept).into_owned();
+        drop(raw);
+        if !(conn.drain_read(size) && conn.append_read(&prefix) && conn.append_read(&http)) {
+            return Err(broken());
+        }
+    } else if !conn.append_read(&http) {
+        return Err(broken());
+    }
+    Ok(())
+}
+
+impl<C: Codec> Filter<C> {
+    /// Closes the connection after a fatal error; nothing unbridged may reach HCM or the client.
+    fn fail(&self, conn: Connection, fatal: Fatal, read_side: bool) {
+        abi::log(
+            abi::LOG_WARN,
+            &format!("meltemi {}: closing connection: {}", C::PROTOCOL, fatal.0),
+        );
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            if let State::Open(front) = &mut *state {
+                front.on_close(&mut NativeSink::default());
+            }
+            *state = State::Closed;
+        }
+        if read_side {
+            conn.drain_read(total(&conn.read_chunks()));
+        } else {
+            conn.drain_write(total(&conn.write_chunks()));
+        }
+        conn.close();
+    }
+
+    /// Asks for [`on_scheduled`] when waiting requests can only be handed from there: HCM
+    /// answered everything it had, so no further read event will come.
+    fn kick_if_idle(&self, conn: Connection) {
+        let idle = match &*self.state.borrow() {
+            State::Open(front) => front.wants_kick() && front.in_flight() == 0,
+            State::Closed => false,
+        };
+        if !idle {
+            return;
+        }
+        let mut scheduler = self.scheduler.get();
+        if scheduler.is_null() {
+            scheduler = conn.new_scheduler();
+            self.scheduler.set(scheduler);
+        }
+        if !scheduler.is_null() {
+            // SAFETY: created above for this filter, alive until `filter_destroy`.
+            unsafe { abi::schedule(scheduler, 1) };
+        }
+    }
+}
+
+/// `on_network_filter_read`.
+///
+/// # Safety
+/// Envoy's filter pointer and our filter state for the current hook.
+pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
+    let conn = Connection(envoy);
+    // SAFETY: guaranteed by the caller.
+    let filter = unsafe { filter_ref::<C>(filter) };
+    contain(
+        || {
+            let mut sink = NativeSink::default();
+            let result = match filter.state.try_borrow_mut() {
+                Ok(mut state) => match &mut *state {
+                    State::Open(front) => pump(front, conn, &mut sink),
+                    State::Closed => {
+                        conn.drain_read(total(&conn.read_chunks()));
+                        Ok(())
+                    }
+                },
+                Err(_) => Err(Fatal("read hook re-entered".into())),
+            };
+            match result {
+                Ok(()) => filter.kick_if_idle(conn),
+                Err(fatal) => filter.fail(conn, fatal, true),
+            }
+        },
+        || conn.close(),
+    );
+    NETWORK_CONTINUE
+}
+
+/// `on_network_filter_write`: HCM's answers become protocol frames.
+///
+/// # Safety
+/// As [`on_read`].
+pub unsafe fn on_write<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
+    let conn = Connection(envoy);
+    // SAFETY: guaranteed by the caller.
+    let filter = unsafe { filter_ref::<C>(filter) };
+    contain(
+        || {
+            let mut sink = NativeSink::default();
+            let result = match filter.state.try_borrow_mut() {
+                Ok(mut state) => match &mut *state {
+                    State::Open(front) => {
+                        let chunks = conn.write_chunks();
+                        let size = total(&chunks);
+                        let data = gather(&chunks, 0, size);
+                        front
+                            .on_hcm_data(&data, now_ns(), &mut sink)
+                            .and_then(|out| {
+                                drop(data);
+                                if conn.drain_write(size) && conn.append_write(&out) {
+                                    Ok(())
+                                } else {
+                                    Err(Fatal("cannot rewrite the write buffer".into()))
+                                }
+                            })
+                    }
+                    State::Closed => Ok(()),
+                },
+                // Our own direct write (none today) passes unchanged.
+                Err(_) => Ok(()),
+            };
+            match result {
+                Ok(()) => filter.kick_if_idle(conn),
+                Err(fatal) => filter.fail(conn, fatal, false),
+            }
+        },
+        || conn.close(),
+    );
+    NETWORK_CONTINUE
+}
+
+/// `on_network_filter_scheduled`: hands one waiting request to an idle HCM.
+///
+/// # Safety
+/// As [`on_read`].
+pub unsafe fn on_scheduled<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) {
+    let conn = Connection(envoy);
+    // SAFETY: guaranteed by the caller.
+    let filter = unsafe { filter_ref::<C>(filter) };
+    contain(
+        || {
+            let mut sink = NativeSink::default();
+            let handed = match filter.state.try_borrow_mut() {
+                Ok(mut state) => match &mut *state {
+                    State::Open(front) if front.wants_kick() && front.in_flight() == 0 => {
+                        front.hand_one(now_ns(), &mut sink)
+                    }
+                    _ => Ok(Vec::new()),
+                },
+                Err(_) => Ok(Vec::new()),
+            };
+            drop(sink);
+            match handed {
+                // No borrow is held: HCM may answer inside this call.
+                Ok(http) if !http.is_empty() => conn.inject_read(&http),
+                Ok(_) => {}
+                Err(fatal) => filter.fail(conn, fatal, true),
+            }
+        },
+        || conn.close(),
+    );
+}
+
+/// `on_network_filter_event`: the connection closed (0 remote, 1 local) or connected.
+///
+/// # Safety
+/// As [`on_read`].
+pub unsafe fn on_event<C: Codec>(filter: *mut c_void, event: u32) {
+    // SAFETY: guaranteed by the caller.
+    let filter = unsafe { filter_ref::<C>(filter) };
+    contain(
+        || {
+            if event > 1 {
+                return;
+            }
+            if let Ok(mut state) = filter.state.try_borrow_mut() {
+                if let State::Open(front) = &mut *state {
+                    front.on_close(&mut NativeSink::default());
+                }
+                *state = State::Closed;
+            }
+        },
+        || {},
+    );
+}
