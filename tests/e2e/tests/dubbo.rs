@@ -1,10 +1,11 @@
-//! Dubbo2 through the real Envoy 1.40 with the built `meltemi_dubbo.wasm` on both sides of the
-//! bridge, driven by real consumers (npm `dubbo2.js`, npm `sofa-rpc-node`, PyPI
+//! Dubbo2 through the real Envoy 1.40 on every engine (`meltemi_dubbo.wasm` on both sides of
+//! the bridge, the `libmeltemi_dubbo.so` dynamic module on both sides, and the mix; each test
+//! runs as `wasm::<name>`, `native::<name>` and `mix::<name>`), driven by real consumers (npm `dubbo2.js`, npm `sofa-rpc-node`, PyPI
 //! `dubbo-ssl-python`, the Caucho-Hessian2 Java consumer) against real providers (the Java
 //! Caucho-Hessian2 provider as `v1`, sofa-rpc-node + dubbo-remoting as `v2`).
 //!
-//! One Envoy and the two providers are shared by the tests of this file (started by the first
-//! test that needs them, stopped when the last one finishes), and the tests take turns
+//! One Envoy and the two providers per engine are shared by the tests of this file (started by
+//! the first test that needs them, stopped when the last one finishes), and the tests take turns
 //! ([`SERIAL`]): each asserts exact counter deltas, per-listener connection counts and provider
 //! logs, which concurrent consumers would blur. Envoy has two front listeners on the same
 //! routes and backs: interface-level governance (no `service` in the front configuration: the
@@ -19,7 +20,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use meltemi_e2e::bootstrap::{Bridge, Destination};
+use meltemi_e2e::bootstrap::{Bridge, Destination, Engine};
 use meltemi_e2e::dubbo_peer::{
     heartbeat_frame, peers_available, read_raw_frame, request_frame, run_consumer, Call,
     ConsumerKind, Outcome, Provider, ProviderKind, Run, ECHO, NO_ROUTE, OTHER,
@@ -50,22 +51,24 @@ struct Setup {
     app_port: u16,
 }
 
-static SHARED: Mutex<Weak<Setup>> = Mutex::new(Weak::new());
+/// One shared deployment per engine (by [`Engine::ALL`] index).
+static SHARED: Mutex<[Weak<Setup>; 3]> = Mutex::new([Weak::new(), Weak::new(), Weak::new()]);
 /// Held by each test while it runs consumers and reads counters.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The shared deployment and this test's turn, or `None` (skip) when the peers are missing.
-fn setup() -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
+fn setup(engine: Engine) -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
     if !peers_available() {
         return None;
     }
+    let index = Engine::ALL.iter().position(|e| *e == engine).unwrap_or(0);
     let setup = {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        match shared.upgrade() {
+        match shared[index].upgrade() {
             Some(s) => s,
             None => {
-                let s = Arc::new(Setup::start());
-                *shared = Arc::downgrade(&s);
+                let s = Arc::new(Setup::start(engine));
+                shared[index] = Arc::downgrade(&s);
                 s
             }
         }
@@ -126,8 +129,8 @@ fn app_level_host() -> Value {
 }
 
 impl Setup {
-    fn start() -> Setup {
-        let wasm = workspace::build_wasm("meltemi-dubbo");
+    fn start(engine: Engine) -> Setup {
+        let wasm = workspace::build_for(engine, "meltemi-dubbo");
         let v1 = Provider::start(ProviderKind::Java, "v1");
         let v2 = Provider::start(ProviderKind::Sofa, "v2");
         let (iface_port, app_port, admin) = (
@@ -138,12 +141,16 @@ impl Setup {
         let mut virtual_hosts = interface_level_hosts();
         virtual_hosts.push(app_level_host());
         let codec = json!({"codec": {"max_body_bytes": 8 << 20}});
+        // What the controller lists from the routes (the native build defines their metrics).
+        let mut front = codec.clone();
+        front["known_services"] = json!([ECHO, OTHER, APP]);
+        front["known_methods"] = json!(["echo", "greet", "fail", "attachment", "notify"]);
         let rendered = Bridge {
             protocol: "dubbo",
             wasm: &wasm,
-            engine: meltemi_e2e::bootstrap::Engine::Wasm,
+            engine,
             module: "meltemi_dubbo",
-            front: codec.clone(),
+            front,
             back: codec,
             listen_port: iface_port,
             admin_port: admin,
@@ -161,8 +168,8 @@ impl Setup {
             http_filters: vec![],
         }
         .render();
-        let config = with_app_level_front(&rendered, app_port);
-        let envoy = Envoy::start("dubbo", &config, admin);
+        let config = with_app_level_front(&rendered, app_port, engine);
+        let envoy = Envoy::start(&format!("dubbo-{}", engine.name()), &config, admin);
         Setup {
             envoy,
             v1,
@@ -197,7 +204,7 @@ impl Setup {
 /// The bridge renderer makes one front listener; the app-level front is a copy of it on
 /// `app_port` whose plugin configuration adds `"service": "demo-app"`. Both share the routes
 /// (their virtual hosts do not overlap) and the backs. Its HCM gets its own stat prefix.
-fn with_app_level_front(rendered: &str, app_port: u16) -> String {
+fn with_app_level_front(rendered: &str, app_port: u16, engine: Engine) -> String {
     let mut bootstrap: Value = serde_json::from_str(rendered).expect("rendered bootstrap");
     let listeners = bootstrap["static_resources"]["listeners"]
         .as_array_mut()
@@ -208,16 +215,17 @@ fn with_app_level_front(rendered: &str, app_port: u16) -> String {
     let filters = app["filter_chains"][0]["filters"]
         .as_array_mut()
         .expect("filters");
-    let wasm = &mut filters[0]["typed_config"]["config"];
-    wasm["name"] = json!("meltemi_front_app");
-    let mut plugin: Value = serde_json::from_str(
-        wasm["configuration"]["value"]
-            .as_str()
-            .expect("plugin configuration"),
-    )
-    .expect("plugin configuration JSON");
+    let value = if engine == Engine::Native {
+        &mut filters[0]["typed_config"]["filter_config"]["value"]
+    } else {
+        let wasm = &mut filters[0]["typed_config"]["config"];
+        wasm["name"] = json!("meltemi_front_app");
+        &mut wasm["configuration"]["value"]
+    };
+    let mut plugin: Value = serde_json::from_str(value.as_str().expect("plugin configuration"))
+        .expect("plugin configuration JSON");
     plugin["service"] = json!(APP);
-    wasm["configuration"]["value"] = json!(plugin.to_string());
+    *value = json!(plugin.to_string());
     filters[1]["typed_config"]["stat_prefix"] = json!("dubbo_app");
     listeners.push(app);
     bootstrap.to_string()
@@ -350,8 +358,10 @@ fn app_level_steps(consumer: ConsumerKind) -> Vec<(Call, Expect)> {
 
 /// Runs both scripts with `consumer` and checks the answers, one connection per script, no
 /// heartbeat reaching a provider, and the exact metric deltas each script must cause.
-fn consumer_through_both_governance_styles(consumer: ConsumerKind) {
-    let Some((s, _turn)) = setup() else { return };
+fn consumer_through_both_governance_styles(engine: Engine, consumer: ConsumerKind) {
+    let Some((s, _turn)) = setup(engine) else {
+        return;
+    };
     let hb = (s.v1.heartbeats().len(), s.v2.heartbeats().len());
 
     let before = s.prom();
@@ -428,29 +438,26 @@ fn consumer_through_both_governance_styles(consumer: ConsumerKind) {
     );
 }
 
-#[test]
-fn dubbo2js_consumer_through_both_governance_styles() {
-    consumer_through_both_governance_styles(ConsumerKind::Dubbo2js);
+fn dubbo2js_consumer_through_both_governance_styles(engine: Engine) {
+    consumer_through_both_governance_styles(engine, ConsumerKind::Dubbo2js);
 }
 
-#[test]
-fn sofa_rpc_node_consumer_through_both_governance_styles() {
-    consumer_through_both_governance_styles(ConsumerKind::Sofa);
+fn sofa_rpc_node_consumer_through_both_governance_styles(engine: Engine) {
+    consumer_through_both_governance_styles(engine, ConsumerKind::Sofa);
 }
 
-#[test]
-fn dubbo_ssl_python_consumer_through_both_governance_styles() {
-    consumer_through_both_governance_styles(ConsumerKind::Python);
+fn dubbo_ssl_python_consumer_through_both_governance_styles(engine: Engine) {
+    consumer_through_both_governance_styles(engine, ConsumerKind::Python);
 }
 
-#[test]
-fn java_consumer_through_both_governance_styles() {
-    consumer_through_both_governance_styles(ConsumerKind::Java);
+fn java_consumer_through_both_governance_styles(engine: Engine) {
+    consumer_through_both_governance_styles(engine, ConsumerKind::Java);
 }
 
-#[test]
-fn one_way_calls_are_delivered_and_the_next_call_still_works() {
-    let Some((s, _turn)) = setup() else { return };
+fn one_way_calls_are_delivered_and_the_next_call_still_works(engine: Engine) {
+    let Some((s, _turn)) = setup(engine) else {
+        return;
+    };
     let before = s.prom();
     let hb = s.v1.heartbeats().len();
     let tag = format!("ow{}", std::process::id());
@@ -493,9 +500,10 @@ fn one_way_calls_are_delivered_and_the_next_call_still_works() {
 
 /// dubbo-remoting (v2) answers one-way calls although Dubbo says not to; the back must drop
 /// that stray answer (counted in `meltemi_unexpected_messages_total`) and keep serving.
-#[test]
-fn one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working() {
-    let Some((s, _turn)) = setup() else { return };
+fn one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working(engine: Engine) {
+    let Some((s, _turn)) = setup(engine) else {
+        return;
+    };
     let before = s.prom();
     let tag = format!("ow{}", std::process::id());
     let mut steps = Vec::new();
@@ -527,9 +535,10 @@ fn one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working() {
     );
 }
 
-#[test]
-fn raw_heartbeats_are_answered_by_the_bridge_not_the_providers() {
-    let Some((s, _turn)) = setup() else { return };
+fn raw_heartbeats_are_answered_by_the_bridge_not_the_providers(engine: Engine) {
+    let Some((s, _turn)) = setup(engine) else {
+        return;
+    };
     let before = s.prom();
     let mut c = TcpStream::connect(("127.0.0.1", s.iface_port)).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10)))
@@ -573,9 +582,10 @@ fn raw_heartbeats_are_answered_by_the_bridge_not_the_providers() {
     }
 }
 
-#[test]
-fn python_consumer_heartbeats_are_answered_by_the_bridge() {
-    let Some((s, _turn)) = setup() else { return };
+fn python_consumer_heartbeats_are_answered_by_the_bridge(engine: Engine) {
+    let Some((s, _turn)) = setup(engine) else {
+        return;
+    };
     let before = s.prom();
     let hb = (s.v1.heartbeats().len(), s.v2.heartbeats().len());
     let calls = [
@@ -624,3 +634,14 @@ fn python_consumer_heartbeats_are_answered_by_the_bridge() {
         "no heartbeat reached a provider"
     );
 }
+
+meltemi_e2e::on_every_engine!(
+    dubbo2js_consumer_through_both_governance_styles,
+    sofa_rpc_node_consumer_through_both_governance_styles,
+    dubbo_ssl_python_consumer_through_both_governance_styles,
+    java_consumer_through_both_governance_styles,
+    one_way_calls_are_delivered_and_the_next_call_still_works,
+    one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working,
+    raw_heartbeats_are_answered_by_the_bridge_not_the_providers,
+    python_consumer_heartbeats_are_answered_by_the_bridge,
+);
