@@ -86,6 +86,8 @@ pub struct Exchange<C: Codec> {
     response: HeldBytes,
     /// Set once the request went to the server: server bytes before that are strays.
     written: bool,
+    /// A stray answer was dropped: the connection is closed once this request is answered.
+    tainted: bool,
     done: bool,
 }
 
@@ -100,6 +102,7 @@ impl<C: Codec> Exchange<C> {
             shared,
             head: None,
             written: false,
+            tainted: false,
             done: false,
         }
     }
@@ -318,15 +321,17 @@ impl<C: Codec> Exchange<C> {
                 self.written && h.kind != MessageKind::OneWay && answers(&message, h.id, &h.method)
             });
             if awaited.is_none() {
-                // A duplicate, a late answer or another request's answer: never relayed.
+                // A duplicate, a late answer to an earlier request of this pooled connection
+                // (a one-way call some providers answer anyway) or another request's answer:
+                // never relayed. The request in progress keeps waiting for its own answer,
+                // and the connection is closed after it, so no later request sees its bytes.
                 stats::bump(
                     sink,
                     stats::STRAY_ANSWERS,
                     &[("protocol", protocol), ("role", "back")],
                 );
-                step.close_server = true;
-                step.response = Some(Response::local(503, "server sent a stray answer"));
-                break;
+                self.tainted = true;
+                continue;
             }
             let md = bridge::metadata_headers(&message.metadata);
             let mut headers = Vec::with_capacity(md.len().saturating_add(3));
@@ -340,6 +345,7 @@ impl<C: Codec> Exchange<C> {
                 headers,
                 body: frame.to_vec(),
             });
+            step.close_server |= self.tainted;
             if offset < self.response.len() {
                 // Bytes after the answer within the same read: nobody awaits them.
                 stats::bump(

@@ -374,14 +374,21 @@ fn consumer_through_both_governance_styles(engine: Engine, consumer: ConsumerKin
         consumer.name()
     );
     let d = "dubbo";
+    // The native build has metrics only for the services its configuration names (what the
+    // routes name); a service without a route is counted as `other`.
+    let (no_route, nosuch) = if engine == Engine::Native {
+        ("other", "other")
+    } else {
+        (NO_ROUTE, "nosuch")
+    };
     for (service, method, n) in [
         (ECHO, "echo", 2.0 + 1.0),
         (ECHO, "greet", 2.0),
         (OTHER, "echo", 1.0),
         (ECHO, "fail", 2.0),
         (ECHO, "attachment", 3.0),
-        (NO_ROUTE, "echo", 1.0),
-        (ECHO, "nosuch", 1.0),
+        (no_route, "echo", 1.0),
+        (ECHO, nosuch, 1.0),
     ] {
         let labels = [("protocol", d), ("service", service), ("method", method)];
         s.assert_delta(&before, "meltemi_requests_total", &labels, n);
@@ -490,16 +497,20 @@ fn one_way_calls_are_delivered_and_the_next_call_still_works(engine: Engine) {
         2,
         "v1 got notify({b}) twice:\n{v1}"
     );
-    // Each one-way call is acknowledged by a delivery probe, a heartbeat the provider answers.
+    // The wasm back acknowledges each one-way call by a delivery probe, a heartbeat the
+    // provider answers; the native back answers the router itself once the call is written.
+    let probes = if engine == Engine::Wasm { 3 } else { 0 };
     assert_eq!(
         s.v1.heartbeats().len() - hb,
-        3,
-        "one delivery probe per one-way call"
+        probes,
+        "delivery probes for one-way calls"
     );
 }
 
 /// dubbo-remoting (v2) answers one-way calls although Dubbo says not to; the back must drop
-/// that stray answer (counted in `meltemi_unexpected_messages_total`) and keep serving.
+/// that stray answer and keep serving. The wasm back counts it in
+/// `meltemi_unexpected_messages_total`; with the native back the answer arrives on an idle
+/// pooled connection, which Envoy's pool closes (nothing reaches a caller, nothing counted).
 fn one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working(engine: Engine) {
     let Some((s, _turn)) = setup(engine) else {
         return;
@@ -527,11 +538,12 @@ fn one_way_calls_to_a_provider_that_answers_them_keep_the_connection_working(eng
         assert!(v2.contains(&format!("notify({tag}-v2-{i})")), "{v2}");
     }
     let unexpected = [("protocol", "dubbo"), ("role", "back")];
+    let stray = if engine == Engine::Wasm { 5.0 } else { 0.0 };
     s.assert_delta(
         &before,
         "meltemi_unexpected_messages_total",
         &unexpected,
-        5.0,
+        stray,
     );
 }
 
