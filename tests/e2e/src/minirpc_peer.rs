@@ -249,11 +249,22 @@ impl Deployment {
     /// The same deployment on `engine`, rendered by [`crate::bootstrap::Bridge`] with the
     /// hand-written example's routes (the wasm engine is the example itself).
     pub fn start_on(engine: crate::bootstrap::Engine, name: &str) -> Deployment {
+        Self::start_on_with_front(engine, name, None)
+    }
+
+    /// [`Deployment::start_on`] with the front's configuration replaced by `front` (as
+    /// [`Deployment::start_with_front`] does; the label values the controller would name are
+    /// added for the native build's metrics).
+    pub fn start_on_with_front(
+        engine: crate::bootstrap::Engine,
+        name: &str,
+        front: Option<serde_json::Value>,
+    ) -> Deployment {
         use crate::bootstrap::{route_action, Bridge, Destination, Engine};
         use crate::workspace;
         use serde_json::json;
         if engine == Engine::Wasm {
-            return Self::start(name);
+            return Self::start_with_front(name, front);
         }
         let wasm = workspace::build_for(engine, "minirpc");
         let (v1, v2) = (Server::start("v1"), Server::start("v2"));
@@ -287,11 +298,19 @@ impl Deployment {
             module: "minirpc",
             // What the controller fills in from the routes: the native build defines metrics
             // for these label values when it loads (others are reported as `other`).
-            front: json!({
-                "limits": limits,
-                "known_services": ["demo"],
-                "known_methods": ["sayHello", "sayBye", "tagged", "echo", "notify", "count", "crash", "dup", "wrongid", "nope"]
-            }),
+            front: {
+                let mut f = front.unwrap_or_else(|| json!({"limits": limits}));
+                if f.get("known_services").is_none() {
+                    f["known_services"] = json!(["demo"]);
+                }
+                if f.get("known_methods").is_none() {
+                    f["known_methods"] = json!([
+                        "sayHello", "sayBye", "tagged", "echo", "notify", "count", "crash", "dup",
+                        "wrongid", "nope"
+                    ]);
+                }
+                f
+            },
             back: json!({"limits": {"max_frame_bytes": 4194304}}),
             listen_port: port,
             admin_port: admin,
