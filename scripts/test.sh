@@ -8,4 +8,8 @@ bash scripts/install.sh
 export MELTEMI_REQUIRE_PEERS=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The native glue is compiled only with the SDK's `native` feature: lint it too.
+cargo clippy -p meltemi-sdk -p meltemi-thrift -p meltemi-dubbo -p minirpc --features meltemi-sdk/native --quiet -- -D warnings
+# One built set of modules (both kinds) that every suite then uses.
+bash scripts/build-modules.sh
 cargo test --workspace --no-fail-fast

@@ -177,3 +177,41 @@ fn native_and_mixed_configurations_pass_envoy_validate() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `scripts/build-modules.sh` builds both kinds of every codec and lists each in the manifest
+/// with the sha256 of the file it wrote.
+#[test]
+fn the_module_manifest_matches_the_built_files() {
+    let root = workspace::root();
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-modules.sh"))
+        .status()
+        .expect("run scripts/build-modules.sh");
+    assert!(status.success(), "scripts/build-modules.sh failed");
+    let dir = root.join("target/modules");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest.json"))
+            .expect("manifest JSON");
+    let modules = manifest["modules"].as_array().expect("modules");
+    assert_eq!(modules.len(), 6, "thrift, dubbo, minirpc × wasm, native");
+    for m in modules {
+        let file = dir.join(m["file"].as_str().expect("file"));
+        let out = Command::new("sha256sum")
+            .arg(&file)
+            .output()
+            .expect("sha256sum");
+        let sum = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            sum.split_whitespace().next(),
+            m["sha256"].as_str(),
+            "{}",
+            file.display()
+        );
+        let abi = m["envoy_abi"].as_str().unwrap_or("");
+        match m["build"].as_str() {
+            Some("native") => assert!(abi.contains("v0.2.0"), "{m}"),
+            Some("wasm") => assert!(abi.contains("proxy-wasm"), "{m}"),
+            other => panic!("unknown build {other:?}"),
+        }
+    }
+}
