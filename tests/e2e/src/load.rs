@@ -1,14 +1,19 @@
-//! A closed-loop load generator and Envoy CPU accounting for benchmarks.
+//! A load generator and Envoy CPU accounting for benchmarks.
 //!
 //! No load tool for these protocols exists on these machines, so this is ours: `connections`
 //! threads, each sending one request and waiting for its answer, for a fixed number of
-//! requests. Envoy's CPU time comes from `/proc/<pid>/stat` (user + system), read before and
-//! after, so the figure is CPU per request, independent of how busy the load generator is.
+//! requests — as fast as answers come (closed loop), or paced at a fixed rate, where each
+//! call's latency is measured from when it was due, not from when it was sent (so a stall
+//! shows in the percentiles instead of hiding as fewer requests: no coordinated omission).
+//! Envoy's CPU time comes from `/proc/<pid>/stat` (user + system), read before and after, so
+//! the figure is CPU per request, independent of how busy the load generator is.
 
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 /// What one run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Measurement {
     /// Requests answered.
     pub requests: u64,
@@ -16,6 +21,8 @@ pub struct Measurement {
     pub elapsed: Duration,
     /// Envoy CPU time (user + system) spent during the run.
     pub envoy_cpu: Duration,
+    /// Per-call latency in microseconds.
+    pub latency: Histogram<u64>,
 }
 
 impl Measurement {
@@ -26,8 +33,18 @@ impl Measurement {
 
     /// Envoy CPU microseconds per request.
     pub fn cpu_us_per_request(&self) -> f64 {
-        self.envoy_cpu.as_secs_f64() * 1e6 / self.requests as f64
+        self.envoy_cpu.as_secs_f64() * 1e6 / self.requests.max(1) as f64
     }
+
+    /// Latency percentile `q` (0..=100) in microseconds.
+    pub fn latency_us(&self, q: f64) -> u64 {
+        self.latency.value_at_percentile(q)
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 /// A blocking client socket to 127.0.0.1:`port`: no Nagle delay (request/answer traffic), and
@@ -62,31 +79,75 @@ fn clock_ticks_per_second() -> f64 {
     100.0
 }
 
-/// Runs `per_connection` calls on each of `connections` threads; `call(i)` performs one
-/// request/answer on the thread's own connection and returns whether the answer was right.
+/// Runs `per_connection` calls on each of `connections` threads, closed loop; `call(i)`
+/// performs one request/answer on the thread's own connection and returns whether the answer
+/// was right.
 pub fn run<F, C>(envoy_pid: u32, connections: usize, per_connection: u64, connect: F) -> Measurement
+where
+    F: Fn() -> C + Sync,
+    C: FnMut(u64) -> bool,
+{
+    run_paced(envoy_pid, connections, per_connection, None, connect)
+}
+
+/// [`run`], with each connection's calls due every `interval` when given (a fixed total rate
+/// of `connections / interval`); latency counts from when each call was due.
+pub fn run_paced<F, C>(
+    envoy_pid: u32,
+    connections: usize,
+    per_connection: u64,
+    interval: Option<Duration>,
+    connect: F,
+) -> Measurement
 where
     F: Fn() -> C + Sync,
     C: FnMut(u64) -> bool,
 {
     let cpu_before = process_cpu(envoy_pid);
     let start = Instant::now();
-    let answered: u64 = std::thread::scope(|scope| {
+    let results: Vec<(u64, Histogram<u64>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..connections)
             .map(|_| {
                 scope.spawn(|| {
                     let mut call = connect();
-                    (0..per_connection).filter(|i| call(*i)).count() as u64
+                    let mut latency = histogram();
+                    let mut ok = 0u64;
+                    let begin = Instant::now();
+                    for i in 0..per_connection {
+                        let due = match interval {
+                            Some(every) => {
+                                let due = begin + every.mul_f64(i as f64);
+                                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                    std::thread::sleep(wait);
+                                }
+                                due
+                            }
+                            None => Instant::now(),
+                        };
+                        if call(i) {
+                            ok += 1;
+                        }
+                        let us = due.elapsed().as_micros().max(1) as u64;
+                        latency.saturating_record(us);
+                    }
+                    (ok, latency)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
     });
     let elapsed = start.elapsed();
     let envoy_cpu = process_cpu(envoy_pid).saturating_sub(cpu_before);
+    let mut latency = histogram();
+    let mut requests = 0;
+    for (ok, h) in results {
+        requests += ok;
+        let _ = latency.add(&h);
+    }
     Measurement {
-        requests: answered,
+        requests,
         elapsed,
         envoy_cpu,
+        latency,
     }
 }
