@@ -406,6 +406,7 @@ proptest! {
         }
         f.on_close(&mut sink);
         prop_assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
+        assert_catalogued(&sink);
     }
 
     /// Arbitrary bytes from HCM, raw or HTTP-shaped, with requests in flight.
@@ -596,4 +597,194 @@ fn an_unsupported_mutation_forwards_the_frame_unchanged_and_counts() {
         sink.total(stats::MUTATION_UNSUPPORTED, &[("protocol", "lp")]),
         1
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The native back's exchange and the native metric catalogue.
+
+use meltemi_sdk::exchange::{Exchange, Response, Step};
+use meltemi_sdk::vm::VmShared;
+
+fn exchange() -> Exchange<Lp> {
+    Exchange::new(config(Role::Back, Limits::default()), VmShared::unbounded())
+}
+
+/// Request headers as the router passes them.
+fn headers(kind: &str, rid: u32, mutation: &[&str]) -> impl Fn(&str) -> Vec<String> {
+    let kind = kind.to_owned();
+    let mutation: Vec<String> = mutation.iter().map(|m| m.to_string()).collect();
+    move |name: &str| match name {
+        "x-meltemi-kind" => vec![kind.clone()],
+        "x-meltemi-rid" => vec![rid.to_string()],
+        "method" => vec!["m".into()],
+        "x-meltemi-mutation" => mutation.clone(),
+        _ => Vec::new(),
+    }
+}
+
+fn header_of<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn exchange_passes_the_body_through_and_relays_the_awaited_answer() {
+    let mut x = exchange();
+    let mut sink = Recorder::default();
+    let frame = lp(1, 7, "m", b"hello");
+    assert_eq!(
+        x.on_headers(&headers("request", 7, &[]), false),
+        Step::default()
+    );
+    let (a, b) = frame.split_at(5);
+    let step = x.on_body(&[a], false, &mut sink);
+    assert!(step.forward_input && step.response.is_none());
+    let step = x.on_body(&[b], true, &mut sink);
+    assert!(step.forward_input && step.response.is_none());
+    // A provider heartbeat first: answered on the spot, never relayed.
+    let ping = lp(4, 99, "", b"");
+    let answer = lp(2, 7, "m", b"world");
+    let (c, d) = answer.split_at(3);
+    let step = x.on_server_data(&[&ping, c], &mut sink);
+    assert_eq!(step.to_server, lp(5, 99, "", b""));
+    assert!(step.response.is_none());
+    let step = x.on_server_data(&[d], &mut sink);
+    let r = step.response.expect("answer");
+    assert_eq!((r.status, r.body.as_slice()), (200, answer.as_slice()));
+    assert_eq!(header_of(&r, "x-meltemi-response"), Some("response"));
+    assert_eq!(
+        header_of(&r, "content-length"),
+        Some(answer.len().to_string().as_str())
+    );
+    assert!(!step.close_server && x.is_done());
+    assert_eq!(sink.total(stats::HEARTBEATS, &[("role", "back")]), 1);
+}
+
+#[test]
+fn exchange_acknowledges_one_way_calls_itself_once_written() {
+    let mut x = exchange();
+    let mut sink = Recorder::default();
+    x.on_headers(&headers("oneway", 3, &[]), false);
+    let frame = lp(3, 3, "m", b"fire");
+    let step = x.on_body(&[&frame], true, &mut sink);
+    assert!(step.forward_input, "the call goes to the server");
+    let r = step.response.expect("the bridge answers the router");
+    assert_eq!(header_of(&r, "x-meltemi-response"), Some("oneway-ack"));
+}
+
+#[test]
+fn exchange_applies_the_mutation_to_the_whole_frame() {
+    let mut x = exchange();
+    let mut sink = Recorder::default();
+    let mutation = meltemi_sdk::bridge::mutation_header_value("method", "renamed");
+    x.on_headers(&headers("request", 5, &[&mutation]), false);
+    let frame = lp(1, 5, "m", b"p");
+    let (a, b) = frame.split_at(2);
+    assert_eq!(x.on_body(&[a], false, &mut sink), Step::default());
+    let step = x.on_body(&[b], true, &mut sink);
+    assert!(!step.forward_input);
+    assert_eq!(step.to_server, lp(1, 5, "renamed", b"p"));
+}
+
+#[test]
+fn exchange_drops_a_stray_answer_waits_for_its_own_and_closes_after_it() {
+    let mut x = exchange();
+    let mut sink = Recorder::default();
+    x.on_headers(&headers("request", 8, &[]), false);
+    x.on_body(&[&lp(1, 8, "m", b"q")], true, &mut sink);
+    // A late answer to an earlier call on this pooled connection, then the awaited one.
+    let stray = lp(2, 7, "m", b"old");
+    let step = x.on_server_data(&[&stray], &mut sink);
+    assert!(
+        step.response.is_none(),
+        "nothing relayed for the stray answer"
+    );
+    assert_eq!(sink.total(stats::STRAY_ANSWERS, &[("role", "back")]), 1);
+    let mine = lp(2, 8, "m", b"new");
+    let step = x.on_server_data(&[&mine], &mut sink);
+    assert_eq!(step.response.expect("own answer").body, mine);
+    assert!(
+        step.close_server,
+        "the connection is not reused after a stray answer"
+    );
+}
+
+#[test]
+fn exchange_refuses_a_request_without_a_front_and_a_corrupt_server_stream() {
+    let mut x = exchange();
+    let step = x.on_headers(&|_: &str| Vec::new(), false);
+    assert_eq!(step.response.map(|r| r.status), Some(400));
+    let mut x = exchange();
+    let mut sink = Recorder::default();
+    x.on_headers(&headers("request", 1, &[]), false);
+    x.on_body(&[&lp(1, 1, "m", b"")], true, &mut sink);
+    let step = x.on_server_data(&[&[0, 0, 0, 1, 9]], &mut sink);
+    assert_eq!(step.response.map(|r| r.status), Some(502));
+    assert!(step.close_server);
+    assert_eq!(sink.total(stats::DECODE_ERRORS, &[("role", "back")]), 1);
+}
+
+/// The value of label `label` in a stat name, if it has one.
+fn label_value<'a>(name: &'a str, label: &str) -> Option<&'a str> {
+    let key = format!(";.;{label}=.=");
+    let at = name.find(&key)? + key.len();
+    Some(name[at..].split(";.;").next().unwrap_or(""))
+}
+
+/// Every name the transcoders reported is one the native build defines when it loads (the
+/// catalogue for the service and method values the names carry).
+fn assert_catalogued(sink: &Recorder) {
+    let names = sink
+        .counters
+        .keys()
+        .chain(sink.gauges.keys())
+        .chain(sink.samples.keys());
+    for name in names {
+        let service = label_value(name, "service").unwrap_or("other");
+        let method = label_value(name, "method").unwrap_or("other");
+        let all = stats::catalogue(Lp::PROTOCOL, &[service, "other"], &[method, "other"]);
+        assert!(
+            all.iter().any(|(_, n)| n == name),
+            "{name} is reported but not in stats::catalogue"
+        );
+    }
+}
+
+#[test]
+fn every_reported_metric_is_in_the_native_catalogue() {
+    let mut sink = Recorder::default();
+    // Front: requests, a one-way call, a heartbeat, answers, local replies, garbage.
+    let mut f = front();
+    let stream = [
+        lp(1, 1, "a", b"x"),
+        lp(3, 2, "b", b"y"),
+        lp(4, 3, "", b""),
+        lp(1, 4, "c", b"z"),
+    ]
+    .concat();
+    let buffer = f.on_client_data(&stream, 0, &mut sink).unwrap().unwrap();
+    for req in requests(&buffer) {
+        let (http, _) = answer(&req);
+        f.on_hcm_data(&http, 1_000, &mut sink).unwrap();
+    }
+    let _ = f.on_hcm_data(
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        0,
+        &mut sink,
+    );
+    let _ = f.on_client_data(b"\0\0\0\x01\x09", 0, &mut sink);
+    f.on_close(&mut sink);
+    // Back (wasm) and exchange (native): answers, strays, heartbeats, corrupt streams.
+    let mut b = back();
+    let _ = b.on_server_data(&lp(4, 9, "", b""), &mut sink);
+    let _ = b.on_server_data(&lp(2, 9, "m", b""), &mut sink);
+    let mut x = exchange();
+    x.on_headers(&headers("request", 1, &[]), false);
+    x.on_body(&[&lp(1, 1, "m", b"")], true, &mut sink);
+    x.on_server_data(&[&lp(2, 2, "m", b""), &lp(4, 3, "", b"")], &mut sink);
+    x.on_server_data(&[&[0, 0, 0, 1, 9]], &mut sink);
+    assert!(sink.counters.len() >= 8, "{:?}", sink.counters.keys());
+    assert_catalogued(&sink);
 }

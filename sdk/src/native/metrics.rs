@@ -23,6 +23,9 @@ use crate::vm::OTHER;
 /// `other`, then the `service` label too.
 const MAX_METRICS: usize = 4096;
 
+/// The label value of a message without that metadata (see [`crate::front`]).
+const UNKNOWN: &str = "unknown";
+
 /// A loaded front configuration and the metrics it defined.
 struct Exporter {
     /// Envoy's configuration pointer, as an address.
@@ -49,8 +52,10 @@ pub fn label_values(
         let mut v: Vec<String> = named.to_vec();
         v.sort();
         v.dedup();
-        v.retain(|s| s != OTHER);
+        v.retain(|s| s != OTHER && s != UNKNOWN);
         v.push(OTHER.to_owned());
+        // What the front reports for a message that names no service or method (heartbeats).
+        v.push(UNKNOWN.to_owned());
         v
     };
     let services = with_other(named_services);

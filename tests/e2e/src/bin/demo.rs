@@ -1,14 +1,15 @@
 //! The main job: requests routed one by one through a real Envoy 1.40 with the Meltemi bridge.
 //!
-//! Part 1, MiniRPC (the example private protocol): builds `minirpc.wasm`, starts two servers
-//! (v1, v2) and Envoy, drives one client connection and prints where every request went and
-//! what the client got back, then the request-level metrics Envoy exports.
+//! Part 1, MiniRPC (the example private protocol), on both builds of the same codec: the wasm
+//! build (`minirpc.wasm`) and the native build (the Envoy dynamic module `libminirpc.so`).
+//! Starts two servers (v1, v2) and Envoy, drives one client connection and prints where every
+//! request went and what the client got back, then the request-level metrics Envoy exports.
 //! Part 2, Thrift with real third-party software: the Apache Thrift Python client and servers
 //! (PyPI `thrift`, THeader/compact) through `meltemi_thrift.wasm`, routed per call by method
 //! and by a THeader info header over one connection.
 //! Everything started is stopped on exit.
 
-use meltemi_e2e::bootstrap::{Bridge, Destination};
+use meltemi_e2e::bootstrap::{Bridge, Destination, Engine};
 use meltemi_e2e::envoy::Envoy;
 use meltemi_e2e::minirpc_peer::{encode, request, Client, Deployment, Frame};
 use meltemi_e2e::{thrift_peer, workspace};
@@ -36,8 +37,19 @@ fn show(what: &str, f: &Frame) {
 }
 
 fn main() {
-    println!("meltemi demo: building minirpc.wasm, starting servers v1 and v2 and Envoy 1.40 …");
-    let d = Deployment::start("demo");
+    minirpc(Engine::Wasm);
+    minirpc(Engine::Native);
+    thrift();
+    println!("\ndone: Envoy and every server stopped.");
+}
+
+fn minirpc(engine: Engine) {
+    let build = match engine {
+        Engine::Native => "the native build: libminirpc.so as an Envoy dynamic module",
+        _ => "the wasm build: minirpc.wasm in Envoy's V8",
+    };
+    println!("\nMiniRPC on {build}; starting servers v1 and v2 and Envoy 1.40 …");
+    let d = Deployment::start_on(engine, &format!("demo-{}", engine.name()));
     println!(
         "Envoy listens on 127.0.0.1:{} (v1 on :{}, v2 on :{})",
         d.port, d.v1.port, d.v2.port
@@ -97,13 +109,14 @@ fn main() {
     );
     println!("\nRequest-level metrics from Envoy's /stats/prometheus:");
     for line in d.envoy.prometheus().lines() {
-        if line.starts_with("meltemi_") && !line.contains("duration") {
+        // The native build's names carry Envoy's `envoy_dynamicmodulescustom_` prefix.
+        let line = line
+            .strip_prefix(meltemi_e2e::envoy::NATIVE_PROM_PREFIX)
+            .unwrap_or(line);
+        if line.starts_with("meltemi_") && !line.contains("duration") && !line.ends_with(" 0") {
             println!("  {line}");
         }
     }
-    drop(d);
-    thrift();
-    println!("\ndone: Envoy and every server stopped.");
 }
 
 fn thrift() {
