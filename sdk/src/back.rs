@@ -13,7 +13,7 @@ use crate::config::FilterConfig;
 use crate::front::Fatal;
 use crate::stats::{self, Sink};
 use crate::vm::{HeldBytes, OverLimit, VmShared};
-use crate::{http1, Codec, CodecErrorKind, Message, MessageKind};
+use crate::{http1, Codec, CodecErrorKind, Message, MessageKind, Metadata};
 
 /// What the server owes us next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,20 +244,7 @@ impl<C: Codec> Back<C> {
         };
         match &message {
             Some(m) if !mutation.is_empty() => {
-                let start = out.len();
-                if let Err(e) = self.frame_codec.encode(frame, m, &mutation, out) {
-                    out.truncate(start);
-                    let name = if e.kind() == CodecErrorKind::Unsupported {
-                        stats::name(stats::MUTATION_UNSUPPORTED, &[("protocol", protocol)])
-                    } else {
-                        stats::name(
-                            stats::DECODE_ERRORS,
-                            &[("protocol", protocol), ("role", "back")],
-                        )
-                    };
-                    sink.count(&name, 1);
-                    out.extend_from_slice(frame);
-                }
+                write_mutated(&mut self.frame_codec, frame, m, &mutation, out, sink)
             }
             _ => out.extend_from_slice(frame),
         }
@@ -447,6 +434,33 @@ impl<C: Codec> Back<C> {
             }) => *awaited != id && self.acknowledged_oneways.contains(&id),
             Some(Awaiting::Response { id: None, .. }) => false,
         }
+    }
+}
+
+/// Writes `frame` (whose decoded form is `message`) into `out` with `mutation` applied; when
+/// the codec cannot apply it the frame goes unchanged and the failure is counted.
+pub(crate) fn write_mutated<C: Codec>(
+    frame_codec: &mut C,
+    frame: &[u8],
+    message: &Message,
+    mutation: &Metadata,
+    out: &mut Vec<u8>,
+    sink: &mut dyn Sink,
+) {
+    let start = out.len();
+    if let Err(e) = frame_codec.encode(frame, message, mutation, out) {
+        out.truncate(start);
+        let protocol = C::PROTOCOL;
+        let name = if e.kind() == CodecErrorKind::Unsupported {
+            stats::name(stats::MUTATION_UNSUPPORTED, &[("protocol", protocol)])
+        } else {
+            stats::name(
+                stats::DECODE_ERRORS,
+                &[("protocol", protocol), ("role", "back")],
+            )
+        };
+        sink.count(&name, 1);
+        out.extend_from_slice(frame);
     }
 }
 

@@ -12,12 +12,12 @@
 
 use std::rc::Rc;
 
-use crate::back::answers;
+use crate::back::{answers, write_mutated};
 use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
 use crate::config::FilterConfig;
 use crate::stats::{self, Sink};
 use crate::vm::{HeldBytes, OverLimit, VmShared};
-use crate::{Codec, CodecErrorKind, MessageKind, Metadata};
+use crate::{Codec, MessageKind, Metadata};
 
 /// The HTTP response the bridge gives the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,20 +204,7 @@ impl<C: Codec> Exchange<C> {
         };
         match self.frame_codec.decode(frame) {
             Ok(Some(m)) if m.len == frame.len() => {
-                let start = out.len();
-                if let Err(e) = self.frame_codec.encode(frame, &m, &head.mutation, out) {
-                    out.truncate(start);
-                    let name = if e.kind() == CodecErrorKind::Unsupported {
-                        stats::name(stats::MUTATION_UNSUPPORTED, &[("protocol", protocol)])
-                    } else {
-                        stats::name(
-                            stats::DECODE_ERRORS,
-                            &[("protocol", protocol), ("role", "back")],
-                        )
-                    };
-                    sink.count(&name, 1);
-                    out.extend_from_slice(frame);
-                }
+                write_mutated(&mut self.frame_codec, frame, &m, &head.mutation, out, sink)
             }
             _ => {
                 // Not exactly one frame: the front made it, so pass it on untouched.

@@ -216,11 +216,17 @@ impl<C: Codec> Filter<C> {
     }
 }
 
-/// `on_network_filter_read`.
+/// Runs `body` on the open front of a read (`read_side`) or write hook; a fatal error closes
+/// the connection, and waiting requests are kicked when HCM is idle.
 ///
 /// # Safety
 /// Envoy's filter pointer and our filter state for the current hook.
-pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
+unsafe fn hook<C: Codec>(
+    envoy: EnvoyPtr,
+    filter: *mut c_void,
+    read_side: bool,
+    body: impl FnOnce(&mut Front<C>, Connection, &mut NativeSink) -> Result<(), Fatal>,
+) -> u32 {
     let conn = Connection(envoy);
     // SAFETY: guaranteed by the caller.
     let filter = unsafe { filter_ref::<C>(filter) };
@@ -229,17 +235,20 @@ pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
             let mut sink = NativeSink::default();
             let result = match filter.state.try_borrow_mut() {
                 Ok(mut state) => match &mut *state {
-                    State::Open(front) => pump(front, conn, &mut sink),
-                    State::Closed => {
+                    State::Open(front) => body(front, conn, &mut sink),
+                    State::Closed if read_side => {
                         conn.drain_read(total(&conn.read_chunks()));
                         Ok(())
                     }
+                    State::Closed => Ok(()),
                 },
-                Err(_) => Err(Fatal("read hook re-entered".into())),
+                Err(_) if read_side => Err(Fatal("read hook re-entered".into())),
+                // A write of our own from inside another hook (none today) passes unchanged.
+                Err(_) => Ok(()),
             };
             match result {
                 Ok(()) => filter.kick_if_idle(conn),
-                Err(fatal) => filter.fail(conn, fatal, true),
+                Err(fatal) => filter.fail(conn, fatal, read_side),
             }
         },
         || conn.close(),
@@ -247,47 +256,33 @@ pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
     NETWORK_CONTINUE
 }
 
+/// `on_network_filter_read`: client bytes become HTTP requests for HCM.
+///
+/// # Safety
+/// As [`hook`].
+pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { hook::<C>(envoy, filter, true, pump) }
+}
+
 /// `on_network_filter_write`: HCM's answers become protocol frames.
 ///
 /// # Safety
-/// As [`on_read`].
+/// As [`hook`].
 pub unsafe fn on_write<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
-    let conn = Connection(envoy);
     // SAFETY: guaranteed by the caller.
-    let filter = unsafe { filter_ref::<C>(filter) };
-    contain(
-        || {
-            let mut sink = NativeSink::default();
-            let result = match filter.state.try_borrow_mut() {
-                Ok(mut state) => match &mut *state {
-                    State::Open(front) => {
-                        let chunks = conn.write_chunks();
-                        let size = total(&chunks);
-                        let data = gather(&chunks, 0, size);
-                        front
-                            .on_hcm_data(&data, now_ns(), &mut sink)
-                            .and_then(|out| {
-                                drop(data);
-                                if conn.drain_write(size) && conn.append_write(&out) {
-                                    Ok(())
-                                } else {
-                                    Err(Fatal("cannot rewrite the write buffer".into()))
-                                }
-                            })
-                    }
-                    State::Closed => Ok(()),
-                },
-                // Our own direct write (none today) passes unchanged.
-                Err(_) => Ok(()),
-            };
-            match result {
-                Ok(()) => filter.kick_if_idle(conn),
-                Err(fatal) => filter.fail(conn, fatal, false),
+    unsafe {
+        hook::<C>(envoy, filter, false, |front, conn, sink| {
+            let chunks = conn.write_chunks();
+            let size = total(&chunks);
+            let out = front.on_hcm_data(&gather(&chunks, 0, size), now_ns(), sink)?;
+            if conn.drain_write(size) && conn.append_write(&out) {
+                Ok(())
+            } else {
+                Err(Fatal("cannot rewrite the write buffer".into()))
             }
-        },
-        || conn.close(),
-    );
-    NETWORK_CONTINUE
+        })
+    }
 }
 
 /// `on_network_filter_scheduled`: hands one waiting request to an idle HCM.
