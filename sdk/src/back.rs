@@ -102,15 +102,7 @@ impl<C: Codec> Back<C> {
     }
 
     fn refuse_buffer(&self, over: OverLimit, sink: &mut dyn Sink) -> Fatal {
-        stats::bump(
-            sink,
-            stats::REFUSED,
-            &[
-                ("protocol", C::PROTOCOL),
-                ("reason", over.reason()),
-                ("role", "back"),
-            ],
-        );
+        count_refusal::<C>(over, sink);
         Fatal(format!(
             "back buffer over its limit ({}; VM budget {})",
             over.reason(),
@@ -435,6 +427,19 @@ impl<C: Codec> Back<C> {
             Some(Awaiting::Response { id: None, .. }) => false,
         }
     }
+}
+
+/// Counts a back buffer refused at a limit.
+pub(crate) fn count_refusal<C: Codec>(over: OverLimit, sink: &mut dyn Sink) {
+    stats::bump(
+        sink,
+        stats::REFUSED,
+        &[
+            ("protocol", C::PROTOCOL),
+            ("reason", over.reason()),
+            ("role", "back"),
+        ],
+    );
 }
 
 /// Writes `frame` (whose decoded form is `message`) into `out` with `mutation` applied; when

@@ -12,7 +12,7 @@
 
 use std::rc::Rc;
 
-use crate::back::{answers, write_mutated};
+use crate::back::{answers, count_refusal, write_mutated};
 use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
 use crate::config::FilterConfig;
 use crate::stats::{self, Sink};
@@ -219,15 +219,7 @@ impl<C: Codec> Exchange<C> {
     }
 
     fn refused(&self, over: OverLimit, sink: &mut dyn Sink) -> String {
-        stats::bump(
-            sink,
-            stats::REFUSED,
-            &[
-                ("protocol", C::PROTOCOL),
-                ("reason", over.reason()),
-                ("role", "back"),
-            ],
-        );
+        count_refusal::<C>(over, sink);
         format!(
             "back buffer over its limit ({}; budget {})",
             over.reason(),

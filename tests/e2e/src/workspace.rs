@@ -20,56 +20,38 @@ static BUILD: Mutex<()> = Mutex::new(());
 /// Builds `package` for `wasm32-wasip1` in release mode (once per call site; cargo makes
 /// repeated builds cheap) and returns the module's path.
 pub fn build_wasm(package: &str) -> PathBuf {
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let root = root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            package,
-        ])
-        .status()
-        .expect("run cargo build for wasm");
-    assert!(
-        status.success(),
-        "building {package} for wasm32-wasip1 failed"
-    );
-    let path = root
+    cargo_build(&["--release", "--target", "wasm32-wasip1", "-p", package]);
+    let path = root()
         .join("target/wasm32-wasip1/release")
         .join(format!("{}.wasm", package.replace('-', "_")));
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }
 
+/// `cargo build --quiet <args>` in the repository root, one build at a time.
+fn cargo_build(args: &[&str]) {
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["build", "--quiet"])
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {} failed", args.join(" "));
+}
+
 /// Builds `package` as an Envoy dynamic module (the SDK's `native` feature, the `native`
 /// profile) and returns the `.so`'s path. Envoy started by [`crate::envoy::Envoy`] finds it by
 /// name: its search path is this directory.
 pub fn build_native(package: &str) -> PathBuf {
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    let root = root();
-    let status = Command::new(env!("CARGO"))
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--profile",
-            "native",
-            "--features",
-            "meltemi-sdk/native",
-            "-p",
-            package,
-        ])
-        .status()
-        .expect("run cargo build for the dynamic module");
-    assert!(
-        status.success(),
-        "building {package} as a dynamic module failed"
-    );
+    cargo_build(&[
+        "--profile",
+        "native",
+        "--features",
+        "meltemi-sdk/native",
+        "-p",
+        package,
+    ]);
     let path = native_dir().join(format!("lib{}.so", package.replace('-', "_")));
     assert!(path.exists(), "{} missing after build", path.display());
     path

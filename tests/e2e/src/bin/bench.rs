@@ -86,17 +86,28 @@ fn envoy_from(template: &str, name: &str, server: u16) -> (Envoy, u16) {
     (Envoy::start(name, &config, admin), listen)
 }
 
-/// The three Meltemi builds of `protocol` in front of `server`.
-fn meltemi_routes(
+/// A codec deployed in front of one echo server, routing `host`/`method` to it.
+struct Codec<'a> {
     protocol: &'static str,
-    package: &str,
-    module: &str,
+    package: &'a str,
+    module: &'a str,
     front: serde_json::Value,
     back: serde_json::Value,
-    host: &str,
-    method: &str,
-    server: u16,
-) -> Vec<Route> {
+    host: &'a str,
+    method: &'a str,
+}
+
+/// The three Meltemi builds of `codec` in front of `server`.
+fn meltemi_routes(codec: Codec<'_>, server: u16) -> Vec<Route> {
+    let Codec {
+        protocol,
+        package,
+        module,
+        front,
+        back,
+        host,
+        method,
+    } = codec;
     let wasm = workspace::build_for(Engine::Native, package);
     [
         (Engine::Wasm, "meltemi wasm"),
@@ -211,8 +222,8 @@ where
     };
     for round in 0..args.rounds {
         for i in 1..routes.len() {
-            let base = measure(&routes[0], args.requests, None);
-            let other = measure(&routes[i], args.requests, None);
+            let base = measure(routes[0], args.requests, None);
+            let other = measure(routes[i], args.requests, None);
             let b = base.cpu_us_per_request();
             eprintln!(
                 "round {round}: {} {:.1} µs/req, {} {:.1} µs/req ({:.2}×)",
@@ -306,13 +317,15 @@ fn thrift(args: &Args, out: &mut String) -> f64 {
     front["service"] = json!("echo");
     front["known_methods"] = json!(["echo"]);
     routes.extend(meltemi_routes(
-        "thrift",
-        "meltemi-thrift",
-        "meltemi_thrift",
-        front,
-        codec,
-        "echo",
-        "echo",
+        Codec {
+            protocol: "thrift",
+            package: "meltemi-thrift",
+            module: "meltemi_thrift",
+            front,
+            back: codec,
+            host: "echo",
+            method: "echo",
+        },
         server,
     ));
     let rows = bench(args, &routes, |port| {
@@ -346,13 +359,15 @@ fn dubbo(args: &Args, out: &mut String) -> f64 {
     let iface = "org.meltemi.demo.EchoService";
     let front = json!({"known_services": [iface], "known_methods": ["echo"]});
     routes.extend(meltemi_routes(
-        "dubbo",
-        "meltemi-dubbo",
-        "meltemi_dubbo",
-        front,
-        json!({}),
-        iface,
-        "echo",
+        Codec {
+            protocol: "dubbo",
+            package: "meltemi-dubbo",
+            module: "meltemi_dubbo",
+            front,
+            back: json!({}),
+            host: iface,
+            method: "echo",
+        },
         server,
     ));
     let rows = bench(args, &routes, |port| {
