@@ -21,6 +21,7 @@
 //! call's `Message` alone (the frame value decoded that call just before). Within one value,
 //! state learned from earlier messages (a detected transport or protocol version) is fine.
 
+use std::any::Any;
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -97,21 +98,91 @@ pub struct Message {
     /// service name, if the frame carries one) and `method`. Everything else is protocol-specific
     /// (`version`, `group`, attachments, THeader info headers, ...).
     pub metadata: Metadata,
-    /// Codec-private facts about this message that replies to it need later (Thrift keeps the
-    /// THeader sequence id and the exact protocol here). The framework carries it untouched
-    /// from `decode` to `error_reply`, `heartbeat_reply` and `delivery_probe`; 0 when unused.
-    pub context: u64,
+    /// Codec-private facts about this message that replies to it need later, of the codec's
+    /// own type (Thrift keeps the THeader sequence id and the exact protocol here; a JSON-RPC
+    /// codec could keep its string request id). The framework carries it untouched from
+    /// `decode` to `error_reply`, `heartbeat_reply` and `delivery_probe`; empty when unused.
+    pub context: Context,
+}
+
+/// A codec's own per-message value (see [`Message::context`]): any type with `Debug` and
+/// `PartialEq`, set with [`Message::with_context`] and read back with [`Context::get`].
+///
+/// ```
+/// use meltemi_sdk::{Message, MessageKind};
+///
+/// #[derive(Debug, PartialEq)]
+/// struct JsonRpcId(String);
+///
+/// let m = Message::new(10, MessageKind::Request, 0).with_context(JsonRpcId("a-7".into()));
+/// assert_eq!(m.context.get::<JsonRpcId>(), Some(&JsonRpcId("a-7".into())));
+/// assert_eq!(m.context.get::<u64>(), None);
+/// ```
+#[derive(Clone, Default)]
+pub struct Context(Option<std::rc::Rc<dyn ContextValue>>);
+
+impl Context {
+    /// A context holding `value`.
+    pub fn new<T: Any + fmt::Debug + PartialEq>(value: T) -> Self {
+        Self(Some(std::rc::Rc::new(value)))
+    }
+
+    /// The value, if one of type `T` is held.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref()?.as_any().downcast_ref()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => f.debug_tuple("Context").field(v).finish(),
+            None => f.write_str("Context(empty)"),
+        }
+    }
+}
+
+impl PartialEq for Context {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.eq_dyn(b.as_ref()),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Context {}
+
+/// What a context value must be: comparable and printable behind `dyn`.
+trait ContextValue: fmt::Debug {
+    fn as_any(&self) -> &dyn Any;
+    fn eq_dyn(&self, other: &dyn ContextValue) -> bool;
+}
+
+impl<T: Any + fmt::Debug + PartialEq> ContextValue for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn eq_dyn(&self, other: &dyn ContextValue) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
 }
 
 impl Message {
-    /// A message of `len` bytes, of `kind`, with `request_id`, no metadata and context 0.
+    /// A message of `len` bytes, of `kind`, with `request_id`, no metadata and no context.
     pub fn new(len: usize, kind: MessageKind, request_id: u64) -> Self {
         Self {
             len,
             kind,
             request_id,
             metadata: Metadata::new(),
-            context: 0,
+            context: Context::default(),
         }
     }
 
@@ -121,9 +192,9 @@ impl Message {
         self
     }
 
-    /// The same with codec-private `context`.
-    pub fn with_context(mut self, context: u64) -> Self {
-        self.context = context;
+    /// The same with codec-private `context`, a value of the codec's own type.
+    pub fn with_context<T: Any + fmt::Debug + PartialEq>(mut self, context: T) -> Self {
+        self.context = Context::new(context);
         self
     }
 }

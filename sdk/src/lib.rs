@@ -47,7 +47,7 @@ pub mod vm;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 
-pub use codec::{Codec, CodecError, CodecErrorKind, ErrorKind, Message, MessageKind};
+pub use codec::{Codec, CodecError, CodecErrorKind, Context, ErrorKind, Message, MessageKind};
 pub use metadata::Metadata;
 
 /// Exports `$codec` as the Envoy filter of this module: the proxy-wasm network filter when

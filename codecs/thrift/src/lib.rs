@@ -86,7 +86,7 @@ use cursor::{malformed, Cursor, DecodeError, Res};
 use message::{MessageHead, MessageType};
 
 /// What an error reply or a probe needs about a request beyond its metadata and seqid: the
-/// exact protocol it used and its THeader frame seqid. Packed into [`Message::context`], so it
+/// exact protocol it used and its THeader frame seqid. Kept in [`Message::context`], so it
 /// travels with the request however many others are pipelined behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ReplyContext {
@@ -118,49 +118,10 @@ fn empty_header_frame(frame: &header::HeaderFrame<'_>) -> Message {
         u64::from(frame.seqid as u32),
     )
     .with_metadata(metadata)
-    .with_context(
-        ReplyContext {
-            protocol,
-            header_seqid: Some(frame.seqid),
-        }
-        .pack(),
-    )
-}
-
-impl ReplyContext {
-    /// Set in every packed context, so that 0 (a message this codec did not decode) is never
-    /// mistaken for one.
-    const VALID: u64 = 1 << 40;
-    const HAS_HEADER: u64 = 1 << 32;
-
-    fn pack(self) -> u64 {
-        let protocol: u64 = match self.protocol {
-            Protocol::Binary { strict: true } => 0,
-            Protocol::Binary { strict: false } => 1,
-            Protocol::Compact => 2,
-        };
-        let header = match self.header_seqid {
-            Some(seqid) => Self::HAS_HEADER | u64::from(seqid as u32),
-            None => 0,
-        };
-        Self::VALID | (protocol << 33) | header
-    }
-
-    fn unpack(context: u64) -> Option<Self> {
-        if context & Self::VALID == 0 {
-            return None;
-        }
-        let protocol = match (context >> 33) & 0b11 {
-            0 => Protocol::Binary { strict: true },
-            1 => Protocol::Binary { strict: false },
-            _ => Protocol::Compact,
-        };
-        let header_seqid = (context & Self::HAS_HEADER != 0).then_some(context as u32 as i32);
-        Some(Self {
-            protocol,
-            header_seqid,
-        })
-    }
+    .with_context(ReplyContext {
+        protocol,
+        header_seqid: Some(frame.seqid),
+    })
 }
 
 /// The Thrift codec: one value per connection side. It remembers the detected transport and
@@ -352,13 +313,10 @@ impl ThriftCodec {
         self.protocol = Some(head.protocol);
         Ok(Message::new(len, kind, u64::from(head.seqid as u32))
             .with_metadata(own)
-            .with_context(
-                ReplyContext {
-                    protocol: head.protocol,
-                    header_seqid,
-                }
-                .pack(),
-            ))
+            .with_context(ReplyContext {
+                protocol: head.protocol,
+                header_seqid,
+            }))
     }
 
     /// The name, seqid, protocol and THeader seqid to answer `request` with: from its
@@ -372,7 +330,7 @@ impl ThriftCodec {
             Some(service) => format!("{service}:{method}"),
             None => method.to_owned(),
         };
-        let (protocol, header_seqid) = match ReplyContext::unpack(request.context) {
+        let (protocol, header_seqid) = match request.context.get::<ReplyContext>() {
             Some(ctx) => (ctx.protocol, ctx.header_seqid),
             None => (
                 self.protocol?,
@@ -518,21 +476,15 @@ mod tests {
     }
 
     #[test]
-    fn reply_context_round_trips() {
-        for protocol in [
-            Protocol::Binary { strict: true },
-            Protocol::Binary { strict: false },
-            Protocol::Compact,
-        ] {
-            for header_seqid in [None, Some(0), Some(-1), Some(i32::MAX), Some(7)] {
-                let ctx = ReplyContext {
-                    protocol,
-                    header_seqid,
-                };
-                assert_eq!(ReplyContext::unpack(ctx.pack()), Some(ctx));
-            }
-        }
-        assert_eq!(ReplyContext::unpack(0), None);
+    fn reply_context_travels_in_the_message() {
+        let ctx = ReplyContext {
+            protocol: Protocol::Compact,
+            header_seqid: Some(-1),
+        };
+        let m = Message::new(1, MessageKind::Request, 0).with_context(ctx);
+        assert_eq!(m.context.get::<ReplyContext>(), Some(&ctx));
+        assert_eq!(m.clone(), m, "a cloned message keeps its context");
+        assert!(Message::new(1, MessageKind::Request, 0).context.is_empty());
     }
 
     /// Pipelined THeader calls with the same name and message seqid (Apache's Python client
