@@ -202,6 +202,13 @@ fn serve(mut conn: TcpStream, tag: &str, oneways: &AtomicU64, pings: &AtomicU64)
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 reply
             }
+            kind::REQUEST if method == "once" => {
+                // Answers, then closes: a server that serves one call per connection.
+                let reply = encode(kind::RESPONSE, f.id, &[("server", tag)], b"once");
+                let _ = conn.write_all(&reply);
+                let _ = conn.shutdown(Shutdown::Both);
+                return;
+            }
             kind::REQUEST if method == "wrongid" => encode(
                 kind::RESPONSE,
                 f.id.wrapping_add(1000),
@@ -260,10 +267,24 @@ impl Deployment {
         name: &str,
         front: Option<serde_json::Value>,
     ) -> Deployment {
+        Self::start_on_with_options(engine, name, front, false)
+    }
+
+    /// [`Deployment::start_on_with_front`]; with `one_call_per_connection`, Envoy opens a new
+    /// server connection for every call (`max_requests_per_connection: 1` on the destination
+    /// clusters: what an Istio user sets for a server that closes after every answer, with a
+    /// DestinationRule's `connectionPool.http.maxRequestsPerConnection: 1`). Rendered by
+    /// [`crate::bootstrap::Bridge`] for every engine.
+    pub fn start_on_with_options(
+        engine: crate::bootstrap::Engine,
+        name: &str,
+        front: Option<serde_json::Value>,
+        one_call_per_connection: bool,
+    ) -> Deployment {
         use crate::bootstrap::{route_action, Bridge, Destination, Engine};
         use crate::workspace;
         use serde_json::json;
-        if engine == Engine::Wasm {
+        if engine == Engine::Wasm && !one_call_per_connection {
             return Self::start_with_front(name, front);
         }
         let wasm = workspace::build_for(engine, "minirpc");
@@ -289,6 +310,7 @@ impl Deployment {
             to("crash", "demo_v1"),
             to("dup", "demo_v1"),
             to("wrongid", "demo_v1"),
+            to("once", "demo_v1"),
         ];
         let limits = json!({"max_frame_bytes": 4194304, "max_pending_requests": 256});
         let config = Bridge {
@@ -328,6 +350,26 @@ impl Deployment {
             http_filters: vec![],
         }
         .render();
+        let config = if one_call_per_connection {
+            let mut b: serde_json::Value = serde_json::from_str(&config).expect("bootstrap");
+            for c in b["static_resources"]["clusters"]
+                .as_array_mut()
+                .expect("clusters")
+                .iter_mut()
+                .filter(|c| c["name"] == "demo_v1" || c["name"] == "demo_v2")
+            {
+                c["typed_extension_protocol_options"] = json!({
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "common_http_protocol_options": {"max_requests_per_connection": 1},
+                        "explicit_http_config": {"http_protocol_options": {}}
+                    }
+                });
+            }
+            b.to_string()
+        } else {
+            config
+        };
         let envoy =
             crate::envoy::Envoy::start(&format!("{name}-{}", engine.name()), &config, admin);
         Deployment {

@@ -454,7 +454,47 @@ fn calls_held_back_are_handed_even_when_envoy_answers_everything_at_once(engine:
     assert_eq!((r.id, r.payload), (51, b"v1:last".to_vec()));
 }
 
+/// Issue 8 item 10: a server that closes its connection after every answer. Each call goes to
+/// a pooled connection the server may have closed a moment ago; none may fail.
+fn a_server_that_closes_after_every_answer_loses_no_call(engine: Engine) {
+    let s = Deployment::start_on_with_options(engine, "once", None, true);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..3u64)
+            .map(|c| {
+                let port = s.port;
+                scope.spawn(move || {
+                    let mut client = Client::connect(port);
+                    let mut failed = Vec::new();
+                    for i in 0..100u64 {
+                        let id = c * 1000 + i;
+                        let r = client.call(&request(id, "once", &[], b""));
+                        if (r.kind, r.id, r.payload.as_slice()) != (kind::RESPONSE, id, b"once") {
+                            failed.push(format!(
+                                "call {id}: kind {} {}",
+                                r.kind,
+                                String::from_utf8_lossy(&r.payload)
+                            ));
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of 300 calls failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 meltemi_e2e::on_every_engine!(
+    a_server_that_closes_after_every_answer_loses_no_call,
     partial_frames_over_the_vm_budget_close_only_their_connections,
     concurrent_large_calls_over_the_budget_fail_alone_and_never_cross,
     clients_that_never_read_are_back_pressured_and_the_worker_keeps_serving,
