@@ -31,7 +31,11 @@ pub mod config;
 #[doc(hidden)]
 pub mod front;
 #[doc(hidden)]
+pub mod hpack;
+#[doc(hidden)]
 pub mod http1;
+#[doc(hidden)]
+pub mod http2;
 pub mod metadata;
 #[doc(hidden)]
 pub mod stats;
