@@ -746,3 +746,311 @@ impl Client {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames in `bytes` (after the preface, if it starts with it).
+    fn frames(bytes: &[u8]) -> Vec<(Head, Vec<u8>)> {
+        let mut rest = bytes.strip_prefix(PREFACE).unwrap_or(bytes);
+        let mut out = Vec::new();
+        while let Some(h) = parse_head(rest) {
+            let end = HEAD_LEN + h.len;
+            out.push((h, rest[HEAD_LEN..end].to_vec()));
+            rest = &rest[end..];
+        }
+        assert!(rest.is_empty(), "a partial frame");
+        out
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
+            max_body: 1 << 20,
+            max_pending_body: 4 << 20,
+        }
+    }
+
+    fn client() -> Client {
+        let mut c = Client::new(VmShared::unbounded(), settings());
+        let mut first = Vec::new();
+        c.take_output(&mut first);
+        assert!(first.starts_with(PREFACE));
+        let f = frames(&first);
+        assert_eq!(f[0].0.kind, SETTINGS);
+        assert_eq!((f[1].0.kind, f[1].0.stream), (WINDOW_UPDATE, 0));
+        c
+    }
+
+    /// HCM's answer on `stream`: HEADERS (`:status` indexed or literal) then DATA, END_STREAM.
+    fn answer(stream: u32, status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut block = Vec::new();
+        hpack::encode_literal(&mut block, 8, ":status", status);
+        for (n, v) in headers {
+            hpack::encode_literal(&mut block, 0, n, v);
+        }
+        let mut out = frame(HEADERS, END_HEADERS, stream, &block);
+        out.extend(frame(DATA, END_STREAM, stream, body));
+        out
+    }
+
+    #[test]
+    fn a_request_is_headers_then_data_and_its_answer_an_event() {
+        let mut c = client();
+        let id = c
+            .open("svc", "/svc/m", [("x-meltemi-rid", "7")], b"frame")
+            .unwrap();
+        assert_eq!(id, 1);
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let f = frames(&out);
+        assert_eq!(
+            (f[0].0.kind, f[0].0.flags, f[0].0.stream),
+            (HEADERS, END_HEADERS, 1)
+        );
+        let fields = hpack::Decoder::new().decode(&f[0].1, 1 << 16).unwrap();
+        let names: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":authority", "svc"),
+                (":path", "/svc/m"),
+                ("x-meltemi-rid", "7"),
+                ("content-length", "5")
+            ]
+        );
+        assert_eq!(
+            (f[1].0.kind, f[1].0.flags, &f[1].1[..]),
+            (DATA, END_STREAM, &b"frame"[..])
+        );
+        assert_eq!(c.open("svc", "/", [], b"").unwrap(), 3);
+        // The answers, split at every byte, and out of order.
+        let mut wire = answer(3, "404", &[], b"no route");
+        wire.extend(answer(
+            1,
+            "200",
+            &[("x-meltemi-response", "response")],
+            b"answer",
+        ));
+        for cut in 0..wire.len() {
+            let mut c2 = client();
+            c2.open("svc", "/", [], b"x").unwrap();
+            c2.open("svc", "/", [], b"").unwrap();
+            let mut events = Vec::new();
+            c2.receive(&wire[..cut], &mut events).unwrap();
+            c2.receive(&wire[cut..], &mut events).unwrap();
+            assert_eq!(events.len(), 2, "cut {cut}");
+            assert_eq!(
+                events[1],
+                Event::Answer {
+                    stream: 1,
+                    status: 200,
+                    headers: vec![("x-meltemi-response".into(), "response".into())],
+                    body: b"answer".to_vec()
+                }
+            );
+            assert!(matches!(
+                &events[0],
+                Event::Answer {
+                    stream: 3,
+                    status: 404,
+                    ..
+                }
+            ));
+            assert_eq!(c2.streams(), 0);
+        }
+    }
+
+    #[test]
+    fn settings_and_ping_are_acknowledged_and_windows_respected() {
+        let mut c = client();
+        let mut events = Vec::new();
+        let mut s = Vec::new();
+        s.extend_from_slice(&SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes());
+        s.extend_from_slice(&10u32.to_be_bytes());
+        s.extend_from_slice(&SETTINGS_MAX_CONCURRENT_STREAMS.to_be_bytes());
+        s.extend_from_slice(&2u32.to_be_bytes());
+        let mut wire = frame(SETTINGS, 0, 0, &s);
+        wire.extend(frame(PING, 0, 0, b"12345678"));
+        c.receive(&wire, &mut events).unwrap();
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let f = frames(&out);
+        assert_eq!((f[0].0.kind, f[0].0.flags), (SETTINGS, ACK));
+        assert_eq!(
+            (f[1].0.kind, f[1].0.flags, &f[1].1[..]),
+            (PING, ACK, &b"12345678"[..])
+        );
+        // A 25-byte body with a 10-byte stream window: 10 now, the rest on WINDOW_UPDATE.
+        c.open("svc", "/", [], &[7u8; 25]).unwrap();
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let f = frames(&out);
+        assert_eq!(f.len(), 2);
+        assert_eq!((f[1].0.kind, f[1].1.len(), f[1].0.flags), (DATA, 10, 0));
+        c.receive(
+            &frame(WINDOW_UPDATE, 0, 1, &20u32.to_be_bytes()),
+            &mut events,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let f = frames(&out);
+        assert_eq!(
+            (f[0].0.kind, f[0].1.len(), f[0].0.flags),
+            (DATA, 15, END_STREAM)
+        );
+        // HCM's limit of 2 concurrent streams.
+        assert!(c.can_open());
+        c.open("svc", "/", [], b"").unwrap();
+        assert!(!c.can_open());
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn resets_and_goaway_fail_exactly_the_streams_concerned() {
+        let mut c = client();
+        for _ in 0..3 {
+            c.open("svc", "/", [], b"").unwrap();
+        }
+        let mut events = Vec::new();
+        let mut wire = frame(RST_STREAM, 0, 1, &REFUSED_STREAM.to_be_bytes());
+        let mut goaway = 3u32.to_be_bytes().to_vec();
+        goaway.extend_from_slice(&0u32.to_be_bytes());
+        wire.extend(frame(GOAWAY, 0, 0, &goaway));
+        wire.extend(answer(3, "200", &[], b"ok"));
+        c.receive(&wire, &mut events).unwrap();
+        assert_eq!(
+            events[..3],
+            [
+                Event::Reset {
+                    stream: 1,
+                    code: REFUSED_STREAM
+                },
+                Event::Reset {
+                    stream: 5,
+                    code: REFUSED_STREAM
+                },
+                Event::GoAway {
+                    last_stream: 3,
+                    code: 0
+                }
+            ]
+        );
+        assert!(matches!(events[3], Event::Answer { stream: 3, .. }));
+        assert!(!c.can_open());
+        assert!(c.open("svc", "/", [], b"").is_err());
+    }
+
+    #[test]
+    fn continuation_padding_and_trailers() {
+        let mut c = client();
+        c.open("svc", "/", [], b"").unwrap();
+        let mut block = Vec::new();
+        hpack::encode_indexed(&mut block, 8);
+        hpack::encode_literal(&mut block, 0, "x-a", "b");
+        let (a, b) = block.split_at(2);
+        let mut padded = vec![3u8];
+        padded.extend_from_slice(a);
+        padded.extend_from_slice(&[0, 0, 0]);
+        let mut wire = frame(HEADERS, PADDED, 1, &padded);
+        wire.extend(frame(CONTINUATION, END_HEADERS, 1, b));
+        wire.extend(frame(DATA, PADDED, 1, b"\x02xy\0\0"));
+        let mut trailers = Vec::new();
+        hpack::encode_literal(&mut trailers, 0, "grpc-status", "0");
+        wire.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+        let mut events = Vec::new();
+        c.receive(&wire, &mut events).unwrap();
+        assert_eq!(
+            events,
+            [Event::Answer {
+                stream: 1,
+                status: 200,
+                headers: vec![("x-a".into(), "b".into())],
+                body: b"xy".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        for wire in [
+            frame(PUSH_PROMISE, END_HEADERS, 1, &[0, 0, 0, 2]),
+            frame(CONTINUATION, END_HEADERS, 1, &[]),
+            frame(PING, 0, 0, b"short"),
+            frame(SETTINGS, 0, 0, &[0, 4, 0x80, 0, 0, 0]),
+            frame(WINDOW_UPDATE, 0, 0, &[0, 0, 0, 0]),
+            frame(DATA, 0, 1, b"before headers"),
+            frame(DATA, PADDED, 1, &[9, 1]),
+            frame(HEADERS, END_HEADERS, 1, &[0x80]),
+            [head_bytes(20_000, DATA, 0, 1), vec![0; 20_000]].concat(),
+        ] {
+            let mut c = client();
+            c.open("svc", "/", [], b"").unwrap();
+            let mut events = Vec::new();
+            assert!(
+                c.receive(&wire, &mut events).is_err(),
+                "{:02x?}",
+                &wire[..9]
+            );
+        }
+    }
+
+    fn head_bytes(len: usize, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        head(&mut out, len, kind, flags, stream);
+        out
+    }
+
+    #[test]
+    fn received_data_is_acknowledged_with_window_updates() {
+        let mut c = Client::new(
+            VmShared::unbounded(),
+            Settings {
+                stream_window: 100,
+                connection_window: 65_535,
+                max_body: 1 << 20,
+                max_pending_body: 1 << 20,
+            },
+        );
+        c.open("svc", "/", [], b"").unwrap();
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let mut block = Vec::new();
+        hpack::encode_indexed(&mut block, 8);
+        let mut wire = frame(HEADERS, END_HEADERS, 1, &block);
+        wire.extend(frame(DATA, 0, 1, &[1; 60]));
+        let mut events = Vec::new();
+        c.receive(&wire, &mut events).unwrap();
+        let mut out = Vec::new();
+        c.take_output(&mut out);
+        let f = frames(&out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].0.kind, f[0].0.stream, &f[0].1[..]),
+            (WINDOW_UPDATE, 1, &60u32.to_be_bytes()[..])
+        );
+        assert!(events.is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_from_hcm_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 1..6)) {
+            let mut c = client();
+            let _ = c.open("svc", "/", [], b"x");
+            let mut events = Vec::new();
+            for chunk in chunks {
+                if c.receive(&chunk, &mut events).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! HTTP/2 toward HCM (`"hcm_protocol": "http2"`) on the real Envoy 1.40 with the built
+//! `meltemi_dubbo.wasm`: the calls of one Dubbo connection are proxied concurrently.
+//!
+//! Provider: the real sofa-rpc-node + dubbo-remoting provider (`tests/peers/dubbo`), whose
+//! `slow` method answers after 50 ms. Consumer: none of the real Dubbo consumers here puts
+//! many calls in flight on one connection from a script (they run calls one after another), so
+//! the load client is written here: it writes every Dubbo2 request frame of a connection at
+//! once (frames built like a Java consumer's, [`request_frame`]) and matches the answers by
+//! request id, as a multiplexing Dubbo consumer does.
+//!
+//! One Envoy, two front listeners on the same routes and backs: HTTP/2 (the subject) and
+//! HTTP/1.1 (the comparison). Clusters: `fast` (64 connections, queue of 100,000) and `narrow`
+//! (circuit breaker: 4 connections, 4 requests, queue of 100,000).
+//!
+//! Without the peers every test is skipped with a note, unless `MELTEMI_REQUIRE_PEERS=1`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use meltemi_e2e::bootstrap::{Bridge, Destination};
+use meltemi_e2e::dubbo_peer::{
+    peers_available, read_raw_frame, request_frame, Provider, ProviderKind, ECHO, OTHER,
+};
+use meltemi_e2e::envoy::Envoy;
+use meltemi_e2e::workspace;
+use serde_json::{json, Value};
+
+struct Setup {
+    envoy: Envoy,
+    _provider: Provider,
+    h2_port: u16,
+    h1_port: u16,
+}
+
+static SHARED: Mutex<Weak<Setup>> = Mutex::new(Weak::new());
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Connections and requests the `narrow` cluster's circuit breaker allows.
+const NARROW: u64 = 4;
+
+fn setup() -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
+    if !peers_available() {
+        return None;
+    }
+    let setup = {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        match shared.upgrade() {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Setup::start());
+                *shared = Arc::downgrade(&s);
+                s
+            }
+        }
+    };
+    let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    Some((setup, turn))
+}
+
+fn route(prefix: &str, cluster: &str) -> Value {
+    // A long timeout: 10,000 calls queue behind 64 connections.
+    json!({"match": {"prefix": prefix}, "route": {"cluster": cluster, "timeout": "60s"}})
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let wasm = workspace::build_wasm("meltemi-dubbo");
+        let provider = Provider::start(ProviderKind::Sofa, "v2");
+        let (h2_port, h1_port, admin) = (
+            workspace::free_port(),
+            workspace::free_port(),
+            workspace::free_port(),
+        );
+        let codec = json!({"codec": {"max_body_bytes": 8 << 20}});
+        let mut front = codec.clone();
+        front["hcm_protocol"] = json!("http2");
+        let rendered = Bridge {
+            protocol: "dubbo",
+            wasm: &wasm,
+            front,
+            back: codec,
+            listen_port: h2_port,
+            admin_port: admin,
+            destinations: vec![
+                Destination {
+                    cluster: "fast".into(),
+                    port: provider.port,
+                },
+                Destination {
+                    cluster: "narrow".into(),
+                    port: provider.port,
+                },
+            ],
+            virtual_hosts: vec![
+                json!({"name": "echo", "domains": [ECHO], "routes": [route("/", "fast")]}),
+                json!({"name": "other", "domains": [OTHER], "routes": [route("/", "narrow")]}),
+            ],
+            http_filters: vec![],
+        }
+        .render();
+        let config = with_limits_and_http1_front(&rendered, h1_port);
+        let envoy = Envoy::start("http2", &config, admin);
+        Setup {
+            envoy,
+            _provider: provider,
+            h2_port,
+            h1_port,
+        }
+    }
+}
+
+/// Circuit breakers on the two clusters, and a copy of the HTTP/2 front speaking HTTP/1.1
+/// on `h1_port`.
+fn with_limits_and_http1_front(rendered: &str, h1_port: u16) -> String {
+    let mut bootstrap: Value = serde_json::from_str(rendered).expect("rendered bootstrap");
+    for cluster in bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("clusters")
+    {
+        let limit = match cluster["name"].as_str() {
+            Some("fast") => 64,
+            Some("narrow") => NARROW,
+            _ => continue,
+        };
+        cluster["circuit_breakers"] = json!({"thresholds": [{
+            "max_connections": limit,
+            "max_requests": limit,
+            "max_pending_requests": 100000
+        }]});
+    }
+    let listeners = bootstrap["static_resources"]["listeners"]
+        .as_array_mut()
+        .expect("listeners");
+    let mut h1 = listeners[0].clone();
+    h1["name"] = json!("dubbo_front_h1");
+    h1["address"]["socket_address"]["port_value"] = json!(h1_port);
+    let filters = h1["filter_chains"][0]["filters"]
+        .as_array_mut()
+        .expect("filters");
+    let wasm = &mut filters[0]["typed_config"]["config"];
+    wasm["name"] = json!("meltemi_front_h1");
+    let mut plugin: Value =
+        serde_json::from_str(wasm["configuration"]["value"].as_str().expect("config"))
+            .expect("plugin configuration JSON");
+    plugin["hcm_protocol"] = json!("http1");
+    wasm["configuration"]["value"] = json!(plugin.to_string());
+    let hcm = &mut filters[1]["typed_config"];
+    hcm["stat_prefix"] = json!("dubbo_h1");
+    hcm["codec_type"] = json!("HTTP1");
+    hcm.as_object_mut()
+        .expect("hcm")
+        .remove("http2_protocol_options");
+    listeners.push(h1);
+    bootstrap.to_string()
+}
+
+/// What one connection's calls gave.
+#[derive(Debug, Default)]
+struct Report {
+    answered: usize,
+    /// Answers whose id was not asked, came twice, or whose value is not the caller's.
+    mismatched: Vec<String>,
+    lost: usize,
+    elapsed: Duration,
+}
+
+/// Opens one connection to `port`, writes `count` calls of `interface.method(payload)` at once
+/// (ids 1..=count, payload unique per call: `tag-i`) and reads every answer, matching by id.
+fn burst(port: u16, interface: &str, method: &str, tag: &str, count: u64) -> Report {
+    let mut conn = meltemi_e2e::load::connect(port);
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut expected: HashMap<u64, String> = HashMap::new();
+    let mut bytes = Vec::new();
+    for id in 1..=count {
+        let payload = format!("{tag}-{id}");
+        bytes.extend(request_frame(id, interface, method, &payload));
+        expected.insert(id, format!("v2:{payload}"));
+    }
+    let start = Instant::now();
+    conn.write_all(&bytes).expect("write the calls");
+    let mut report = Report::default();
+    while !expected.is_empty() {
+        let frame = match read_raw_frame(&mut conn) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!(
+                    "{tag}: read failed with {} calls unanswered: {e}",
+                    expected.len()
+                );
+                break;
+            }
+        };
+        match expected.remove(&frame.id) {
+            Some(want)
+                if frame.status == 20
+                    && frame.body.windows(want.len()).any(|w| w == want.as_bytes()) =>
+            {
+                report.answered += 1;
+            }
+            Some(want) => report.mismatched.push(format!(
+                "id {} status {}: wanted {want}, got {:?}",
+                frame.id,
+                frame.status,
+                String::from_utf8_lossy(&frame.body)
+            )),
+            None => report
+                .mismatched
+                .push(format!("id {} not asked or answered twice", frame.id)),
+        }
+    }
+    report.elapsed = start.elapsed();
+    report.lost = expected.len();
+    report
+}
+
+#[test]
+fn thirty_two_calls_on_one_connection_run_concurrently() {
+    let Some((s, _turn)) = setup() else { return };
+    // Warm-up: VM, upstream connections.
+    let warm = burst(s.h2_port, ECHO, "slow", "warm", 32);
+    assert_eq!(warm.answered, 32, "{warm:?}\n{}", s.envoy.log());
+    let mut best = Duration::MAX;
+    for round in 0..3 {
+        let r = burst(s.h2_port, ECHO, "slow", &format!("h2-{round}"), 32);
+        assert_eq!(
+            (r.answered, r.lost, r.mismatched.len()),
+            (32, 0, 0),
+            "{r:?}"
+        );
+        eprintln!(
+            "http2: 32 calls of 50 ms on one connection in {:?}",
+            r.elapsed
+        );
+        best = best.min(r.elapsed);
+    }
+    let h1 = burst(s.h1_port, ECHO, "slow", "h1", 32);
+    assert_eq!((h1.answered, h1.lost), (32, 0), "{h1:?}");
+    eprintln!(
+        "http1.1: 32 calls of 50 ms on one connection in {:?}",
+        h1.elapsed
+    );
+    assert!(
+        best < Duration::from_millis(250),
+        "HTTP/2: 32 concurrent 50 ms calls took {best:?}"
+    );
+    assert!(
+        h1.elapsed > Duration::from_millis(32 * 50),
+        "HTTP/1.1 serialises: {:?}",
+        h1.elapsed
+    );
+}
+
+#[test]
+fn ten_thousand_calls_from_ten_connections_each_reach_its_caller() {
+    let Some((s, _turn)) = setup() else { return };
+    const CONNECTIONS: u64 = 10;
+    const PER: u64 = 1000;
+    let start = Instant::now();
+    let reports: Vec<Report> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CONNECTIONS)
+            .map(|c| {
+                let port = s.h2_port;
+                scope.spawn(move || burst(port, ECHO, "echo", &format!("c{c}"), PER))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    let answered: usize = reports.iter().map(|r| r.answered).sum();
+    let lost: usize = reports.iter().map(|r| r.lost).sum();
+    let mismatched: Vec<&String> = reports.iter().flat_map(|r| &r.mismatched).collect();
+    eprintln!(
+        "http2: {answered} of {} calls answered in {:?}, {lost} lost, {} mismatched",
+        CONNECTIONS * PER,
+        start.elapsed(),
+        mismatched.len()
+    );
+    assert_eq!(
+        lost,
+        0,
+        "lost calls; first mismatches {:?}",
+        &mismatched.get(..5)
+    );
+    assert!(
+        mismatched.is_empty(),
+        "{:?}",
+        &mismatched[..mismatched.len().min(5)]
+    );
+    assert_eq!(answered as u64, CONNECTIONS * PER);
+}
+
+#[test]
+fn upstream_connections_stay_within_the_circuit_breaker() {
+    let Some((s, _turn)) = setup() else { return };
+    let stat = |name: &str| s.envoy.stat(name);
+    let (cx_before, server_cx_before) = (
+        stat("cluster.narrow.upstream_cx_total"),
+        stat("cluster.narrow_server.upstream_cx_total"),
+    );
+    let overflow_before = stat("cluster.narrow.upstream_rq_pending_overflow");
+    // 64 calls of 50 ms on one connection, at most 4 at a time upstream: about 16 × 50 ms.
+    let r = burst(s.h2_port, OTHER, "slow", "narrow", 64);
+    assert_eq!(
+        (r.answered, r.lost, r.mismatched.len()),
+        (64, 0, 0),
+        "{r:?}"
+    );
+    let cx = stat("cluster.narrow.upstream_cx_total") - cx_before;
+    let server_cx = stat("cluster.narrow_server.upstream_cx_total") - server_cx_before;
+    eprintln!(
+        "narrow: 64 calls in {:?} over {cx} upstream connections ({server_cx} to the provider)",
+        r.elapsed
+    );
+    assert!(cx <= NARROW, "{cx} upstream connections, limit {NARROW}");
+    assert!(server_cx <= NARROW, "{server_cx} provider connections");
+    assert_eq!(
+        stat("cluster.narrow.upstream_rq_pending_overflow"),
+        overflow_before,
+        "queued, never refused"
+    );
+    assert!(
+        stat("cluster.narrow.upstream_rq_pending_total") > 0,
+        "the calls past the limit were queued"
+    );
+    assert!(
+        r.elapsed >= Duration::from_millis(64 / NARROW * 50),
+        "4 at a time: {:?}",
+        r.elapsed
+    );
+}
