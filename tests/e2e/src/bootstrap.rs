@@ -139,7 +139,13 @@ impl Bridge<'_> {
             }
         }));
         let p = self.protocol;
-        let http2 = self.front.get("hcm_protocol").and_then(Value::as_str) == Some("http2");
+        let mut front = self.front.clone();
+        if let Some(forced) = crate::workspace::hcm_protocol_override() {
+            if front.get("hcm_protocol").is_none() {
+                front["hcm_protocol"] = json!(forced);
+            }
+        }
+        let http2 = front.get("hcm_protocol").and_then(Value::as_str) == Some("http2");
         let mut hcm = json!({
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": p,
@@ -156,7 +162,7 @@ impl Bridge<'_> {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
             "per_connection_buffer_limit_bytes": FRONT_BUFFER_LIMIT,
             "filter_chains": [{"filters": [
-                wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front"),
+                wasm_filter("meltemi_front", p, self.wasm, front, "front"),
                 {
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm
@@ -209,8 +215,9 @@ impl Bridge<'_> {
 }
 
 /// HCM's HTTP/2 options for a front with `"hcm_protocol": "http2"`: windows far above any
-/// small call, so that the front's DATA never waits for a WINDOW_UPDATE (one is sent only
-/// per 128 MiB), and outbound frame limits for thousands of answers queued toward one client.
+/// call (16 MiB per stream, 256 MiB per connection), so that the front's DATA does not wait
+/// for HCM's WINDOW_UPDATE, and outbound frame limits for thousands of answers queued toward
+/// one client.
 pub fn http2_options() -> Value {
     json!({
         "initial_stream_window_size": 16 << 20,
