@@ -5,6 +5,10 @@
 //!
 //! Reports requests per second and, more stable on a shared machine, Envoy CPU per request and
 //! its ratio to tcp_proxy. Usage: `meltemi-bench [connections] [requests-per-connection]`.
+//!
+//! `meltemi-bench inflight [calls]`: Dubbo2 on ONE client connection with 1, 8 and 32 calls in
+//! flight (a multiplexing consumer), for tcp_proxy, native `dubbo_proxy`, and the bridge with
+//! HTTP/1.1 and with HTTP/2 toward HCM; each depth measures every path right after the others.
 
 use meltemi_e2e::bootstrap::{method_route, Bridge, Destination};
 use meltemi_e2e::envoy::Envoy;
@@ -212,8 +216,85 @@ fn dubbo(plan: &Plan) {
     );
 }
 
+/// The Dubbo bridge's bootstrap on `port` to the echo provider on `server`, with `front`.
+fn dubbo_bridge(port: u16, admin: u16, server: u16, front: serde_json::Value) -> String {
+    let wasm = workspace::build_wasm("meltemi-dubbo");
+    Bridge {
+        protocol: "dubbo",
+        wasm: &wasm,
+        front,
+        back: serde_json::json!({}),
+        listen_port: port,
+        admin_port: admin,
+        destinations: vec![Destination {
+            cluster: "server".into(),
+            port: server,
+        }],
+        virtual_hosts: vec![serde_json::json!({
+            "name": "echo", "domains": ["org.meltemi.demo.EchoService"],
+            "routes": [method_route("org.meltemi.demo.EchoService", "echo", "server")]
+        })],
+        http_filters: vec![],
+    }
+    .render()
+}
+
+fn in_flight(calls: u64) {
+    let server = dubbo_load::start_echo_provider();
+    let mut paths: Vec<(&str, Envoy, u16)> = Vec::new();
+    for (name, template) in [
+        ("tcp_proxy", "tcp_proxy.yaml"),
+        ("native dubbo_proxy", "dubbo_proxy.yaml"),
+    ] {
+        let port = workspace::free_port();
+        paths.push((
+            name,
+            envoy_from(template, "bench-inflight", port, server),
+            port,
+        ));
+    }
+    for (name, front) in [
+        ("meltemi bridge (HTTP/1)", serde_json::json!({})),
+        (
+            "meltemi bridge (HTTP/2)",
+            serde_json::json!({"hcm_protocol": "http2"}),
+        ),
+    ] {
+        let (port, admin) = (workspace::free_port(), workspace::free_port());
+        let config = dubbo_bridge(port, admin, server, front);
+        paths.push((
+            name,
+            Envoy::start("bench-inflight-bridge", &config, admin),
+            port,
+        ));
+    }
+    println!("Dubbo2 echo, ONE client connection, {calls} calls per path and depth, Envoy --concurrency 1");
+    for depth in [1u64, 8, 32] {
+        let rows: Vec<(&str, Measurement)> = paths
+            .iter()
+            .map(|(name, envoy, port)| {
+                dubbo_load::run_in_flight(envoy.pid(), *port, depth, calls / 10 + depth);
+                (
+                    *name,
+                    dubbo_load::run_in_flight(envoy.pid(), *port, depth, calls),
+                )
+            })
+            .collect();
+        table(&format!("{depth} in flight"), &rows);
+        println!(
+            "  bridge HTTP/2 / native dubbo_proxy CPU: {:.2}×, HTTP/2 / HTTP/1 wall time: {:.2}×",
+            rows[3].1.cpu_us_per_request() / rows[1].1.cpu_us_per_request(),
+            rows[3].1.elapsed.as_secs_f64() / rows[2].1.elapsed.as_secs_f64()
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("inflight") {
+        in_flight(args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20_000));
+        return;
+    }
     let plan = Plan {
         connections: args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4),
         per_connection: args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5000),
