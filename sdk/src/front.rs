@@ -99,6 +99,11 @@ struct H2 {
     /// finished: for codecs whose clients need answers in request order
     /// ([`Codec::ANSWERS_IN_ANY_ORDER`] false); empty otherwise.
     order: VecDeque<(u64, Option<HeldBytes>)>,
+    /// One-way calls forwarded and not acknowledged yet. While there is one, no later call is
+    /// handed: a client cannot wait for a one-way call, so "sent before" must stay "delivered
+    /// before" (as on HTTP/1.1, where HCM serves one call at a time), or a call that depends
+    /// on it could overtake it on another upstream connection.
+    oneway_in_flight: usize,
 }
 
 /// Our HTTP/2 receive window per stream: small answers never wait for a WINDOW_UPDATE, large
@@ -141,6 +146,7 @@ impl<C: Codec> Front<C> {
             front.h2 = Some(Box::new(H2 {
                 client: http2::Client::new(Rc::clone(&front.shared), settings),
                 order: VecDeque::new(),
+                oneway_in_flight: 0,
             }));
         }
         front
@@ -184,7 +190,9 @@ impl<C: Codec> Front<C> {
         if let Some(h2) = &self.h2 {
             // Answers held for request order count: they are buffers in the VM.
             let pending = self.in_flight.len().max(h2.order.len());
-            return pending < self.limits().max_pending_requests && h2.client.can_open();
+            return pending < self.limits().max_pending_requests
+                && h2.oneway_in_flight == 0
+                && h2.client.can_open();
         }
         self.in_flight.len() < self.limits().max_pending_requests
             && (self.handed.is_empty() || self.handed_bytes() < HAND_AHEAD_BYTES)
@@ -547,6 +555,9 @@ impl<C: Codec> Front<C> {
         if !C::ANSWERS_IN_ANY_ORDER {
             h2.order.push_back((stream, None));
         }
+        if local.is_none() && message.kind == MessageKind::OneWay {
+            h2.oneway_in_flight = h2.oneway_in_flight.saturating_add(1);
+        }
         self.in_flight.push_back(InFlight {
             seq: stream,
             message,
@@ -630,6 +641,11 @@ impl<C: Codec> Front<C> {
             let Some(request) = self.in_flight.remove(pos) else {
                 continue;
             };
+            if request.local.is_none() && request.message.kind == MessageKind::OneWay {
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.oneway_in_flight = h2.oneway_in_flight.saturating_sub(1);
+                }
+            }
             let mut answer = Vec::new();
             self.answer(request, &parsed, now_ns, &mut answer, sink)?;
             self.deliver(seq, answer, &mut out, sink)?;
@@ -1006,6 +1022,7 @@ impl<C: Codec> Front<C> {
         self.passing = 0;
         if let Some(h2) = &mut self.h2 {
             h2.order.clear();
+            h2.oneway_in_flight = 0;
         }
     }
 }

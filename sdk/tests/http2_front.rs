@@ -16,7 +16,8 @@ use meltemi_sdk::front::Front;
 use meltemi_sdk::stats::{self, Recorder};
 use meltemi_sdk::{hpack, http2, Codec, CodecError, ErrorKind, Message, MessageKind, Metadata};
 
-/// `len u32 | kind u8 | id u32 | payload`; kinds 1 request, 2 response, 4 ping, 5 pong, 6 error.
+/// `len u32 | kind u8 | id u32 | payload`; kinds 1 request, 2 response, 3 one-way, 4 ping,
+/// 5 pong, 6 error.
 struct Lp<const ANY: bool>;
 
 fn lp(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
@@ -47,6 +48,7 @@ impl<const ANY: bool> Codec for Lp<ANY> {
         let kind = match buf[4] {
             1 => MessageKind::Request,
             2 => MessageKind::Response,
+            3 => MessageKind::OneWay,
             4 => MessageKind::Heartbeat,
             5 => MessageKind::HeartbeatReply,
             6 => MessageKind::Exception,
@@ -179,6 +181,10 @@ fn answer(seen: &Seen) -> Vec<u8> {
             let id: u32 = seen.header("x-meltemi-rid").unwrap().parse().unwrap();
             lp(2, id, &seen.body[9..])
         }
+        Some("oneway") => {
+            hpack::encode_literal(&mut block, 0, "x-meltemi-response", "oneway-ack");
+            Vec::new()
+        }
         _ => Vec::new(),
     };
     let mut out = http2::frame(1, 0x4, seen.stream, &block);
@@ -303,4 +309,29 @@ fn a_large_call_waits_for_hcm_s_flow_control_credit() {
     assert!(rest.is_empty(), "no new stream");
     assert_eq!(hcm.late_data, 200_009 - 65_535, "the rest of the call");
     assert!(!f.wants_kick());
+}
+
+#[test]
+fn a_call_after_a_one_way_call_waits_for_its_acknowledgement() {
+    // The client cannot wait for a one-way call: what it sent first must reach the server
+    // first, as on HTTP/1.1.
+    let mut f = front::<true>(1024);
+    let mut hcm = Hcm::default();
+    let mut sink = Recorder::default();
+    let client = [lp(3, 1, b"fire"), lp(1, 2, b"count")].concat();
+    let seen = hcm.read(&f.on_client_bytes(&client, 0, &mut sink).unwrap());
+    assert_eq!(seen.len(), 1, "only the one-way call");
+    assert_eq!(seen[0].header("x-meltemi-kind"), Some("oneway"));
+    assert!(!f.wants_kick());
+    let out = f.on_hcm_data(&answer(&seen[0]), 1, &mut sink).unwrap();
+    assert!(out.is_empty(), "a one-way call is never answered");
+    assert!(f.wants_kick(), "the waiting call can go now");
+    let seen = hcm.read(&f.on_client_bytes(&[], 2, &mut sink).unwrap());
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body, lp(1, 2, b"count"));
+    assert_eq!(
+        f.on_hcm_data(&answer(&seen[0]), 3, &mut sink).unwrap(),
+        lp(2, 2, b"count")
+    );
+    assert_eq!(sink.total(stats::RESPONSES, &[("outcome", "oneway")]), 1);
 }
