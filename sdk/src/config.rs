@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {"role": "front", "service": "orders.default.svc", "limits": {"max_frame_bytes": 1048576},
-//!  "codec": { ...codec-specific... }}
+//!  "hcm_protocol": "http1", "codec": { ...codec-specific... }}
 //! ```
 //! Unknown fields are rejected so that a typo fails the Envoy configuration load instead of
 //! silently running with defaults.

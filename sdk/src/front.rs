@@ -9,6 +9,11 @@
 //! - A network filter can only write to the client when HCM writes. Requests the bridge answers
 //!   itself (heartbeats, refusals) therefore still go to HCM as tiny requests to
 //!   [`bridge::LOCAL_AUTHORITY`]; whatever HCM answers is replaced by the codec's reply.
+//!
+//! With `"hcm_protocol": "http2"` the same requests travel as HTTP/2 streams instead
+//! ([`crate::http2`]): HCM consumes every byte it is given, so nothing is recognised again, every
+//! call is handed at once (up to `max_pending_requests`), and each answer is returned as soon
+//! as it is complete, or in request order for codecs that need it.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -681,6 +686,10 @@ impl<C: Codec> Front<C> {
             }
             *slot = Some(held);
             return Ok(());
+        } else {
+            // Not awaited in order (cannot happen: every stream is queued when opened); the
+            // client still gets it rather than nothing.
+            out.extend_from_slice(&answer);
         }
         while let Some((_, Some(_))) = h2.order.front() {
             if let Some((_, Some(held))) = h2.order.pop_front() {
