@@ -109,6 +109,10 @@ struct H2 {
     /// before" (as on HTTP/1.1, where HCM serves one call at a time), or a call that depends
     /// on it could overtake it on another upstream connection.
     oneway_in_flight: usize,
+    /// HCM said GOAWAY and every call it kept is answered: the client connection is closed
+    /// at the glue's next read or timer (closing from the write path would drop the answers
+    /// being written).
+    closing: bool,
 }
 
 /// Our HTTP/2 receive window per stream: small answers never wait for a WINDOW_UPDATE, large
@@ -152,6 +156,7 @@ impl<C: Codec> Front<C> {
                 client: http2::Client::new(Rc::clone(&front.shared), settings),
                 order: VecDeque::new(),
                 oneway_in_flight: 0,
+                closing: false,
             }));
         }
         front
@@ -185,7 +190,8 @@ impl<C: Codec> Front<C> {
     /// HCM may have answered everything it had without any further read event.
     pub fn wants_kick(&self) -> bool {
         if let Some(h2) = &self.h2 {
-            return h2.client.has_output()
+            return h2.closing
+                || h2.client.has_output()
                 || (self.stopped_at_limit && !self.backlog.is_empty() && self.has_room());
         }
         self.has_waiting() && self.has_room()
@@ -270,6 +276,11 @@ impl<C: Codec> Front<C> {
         now_ns: u64,
         sink: &mut dyn Sink,
     ) -> Result<Vec<u8>, Fatal> {
+        if self.h2.as_ref().is_some_and(|h2| h2.closing) {
+            return Err(Fatal(
+                "the HTTP connection manager is draining the connection (HTTP/2 GOAWAY); every call it kept was answered".into(),
+            ));
+        }
         let mut out = Vec::new();
         if self.backlog.is_empty() {
             // The common case: decode straight from Envoy's bytes, keep only what is left.
@@ -656,7 +667,105 @@ impl<C: Codec> Front<C> {
             self.deliver(seq, answer, &mut out, sink)?;
         }
         received.map_err(|e| self.h2_fatal(e, sink))?;
+        let drained = self
+            .h2
+            .as_ref()
+            .is_some_and(|h2| h2.client.going_away() && !h2.closing);
+        if drained && self.in_flight.is_empty() {
+            // Everything HCM kept is answered (in this write): the calls still waiting can
+            // never be served on this connection, so they get the protocol's error reply now,
+            // the only moment the front can write to the client, and the connection closes.
+            self.refuse_waiting(now_ns, &mut out, sink)?;
+            if let Some(h2) = self.h2.as_mut() {
+                h2.closing = true;
+            }
+        }
         Ok(out)
+    }
+
+    /// Answers every whole request in the backlog with an `Unavailable` error reply (one-way
+    /// calls are dropped, heartbeats answered), as if Envoy had refused them.
+    fn refuse_waiting(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        let backlog = std::mem::replace(&mut self.backlog, HeldBytes::new(Rc::clone(&self.shared)));
+        let mut offset = 0usize;
+        let result = loop {
+            let rest = backlog.as_slice().get(offset..).unwrap_or(&[]);
+            let message = match self.codec.decode(rest) {
+                Ok(Some(m)) if m.len > 0 && m.len <= rest.len() => m,
+                // A partial frame, or a corrupt stream: nothing more to answer.
+                _ => break Ok(()),
+            };
+            offset = offset.saturating_add(message.len);
+            let parsed = http1::Parsed {
+                status: 503,
+                path: String::new(),
+                headers: Vec::new(),
+                body: b"envoy is draining this connection (HTTP/2 GOAWAY)".to_vec(),
+                len: 0,
+            };
+            let request = match message.kind {
+                MessageKind::Request | MessageKind::OneWay | MessageKind::Heartbeat => {
+                    self.refused_in_flight(message, now_ns, sink)
+                }
+                _ => continue,
+            };
+            if let Err(e) = self.answer(request, &parsed, now_ns, out, sink) {
+                break Err(e);
+            }
+        };
+        self.backlog = backlog;
+        self.backlog.consume(offset);
+        result
+    }
+
+    /// The in-flight record of a request that is answered without reaching HCM, counted as a
+    /// request like any other.
+    fn refused_in_flight(
+        &mut self,
+        message: Message,
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) -> InFlight {
+        let service = match &self.config.service {
+            Some(s) => s.clone(),
+            None => message
+                .metadata
+                .get("service")
+                .unwrap_or("unknown")
+                .to_owned(),
+        };
+        let method = message
+            .metadata
+            .get("method")
+            .unwrap_or("unknown")
+            .to_owned();
+        let service_label = self.label(&service, "service", sink);
+        let method_label = self.label(&method, "method", sink);
+        let local = (message.kind == MessageKind::Heartbeat).then_some(LocalAnswer::Heartbeat);
+        if local.is_none() {
+            let labels = [
+                ("protocol", C::PROTOCOL),
+                ("service", service_label.as_str()),
+                ("method", method_label.as_str()),
+            ];
+            stats::bump(sink, stats::REQUESTS, &labels);
+            sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", C::PROTOCOL)]), 1);
+        }
+        InFlight {
+            seq: 0,
+            message,
+            local,
+            service,
+            method,
+            service_label,
+            method_label,
+            started_ns: now_ns,
+        }
     }
 
     /// Writes the answer to request `seq` to `out` now, or holds it until every earlier

@@ -335,3 +335,38 @@ fn a_call_after_a_one_way_call_waits_for_its_acknowledgement() {
     );
     assert_eq!(sink.total(stats::RESPONSES, &[("outcome", "oneway")]), 1);
 }
+
+#[test]
+fn after_goaway_the_calls_hcm_will_not_serve_get_error_replies_and_the_connection_closes() {
+    let mut f = front::<false>(2);
+    let mut hcm = Hcm::default();
+    let mut sink = Recorder::default();
+    let client: Vec<u8> = (1..=5).flat_map(|i| lp(1, i, b"x")).collect();
+    let seen = hcm.read(&f.on_client_bytes(&client, 0, &mut sink).unwrap());
+    assert_eq!(seen.len(), 2);
+    // HCM keeps stream 1, refuses stream 3 (above last_stream_id), answers stream 1.
+    let mut goaway = 1u32.to_be_bytes().to_vec();
+    goaway.extend_from_slice(&0u32.to_be_bytes());
+    let mut wire = http2::frame(7, 0, 0, &goaway);
+    wire.extend(answer(&seen[0]));
+    let out = f.on_hcm_data(&wire, 1, &mut sink).unwrap();
+    // In request order: the answer, the refused stream's error, then the three waiting calls.
+    let expected: Vec<u8> = [
+        lp(2, 1, b"x"),
+        lp(6, 2, b"unavailable"),
+        lp(6, 3, b"unavailable"),
+        lp(6, 4, b"unavailable"),
+        lp(6, 5, b"unavailable"),
+    ]
+    .concat();
+    assert_eq!(out, expected);
+    assert_eq!(f.backlog_len(), 0);
+    assert!(f.wants_kick(), "the glue must come back to close");
+    assert!(f.on_client_bytes(&[], 2, &mut sink).is_err(), "closed");
+    assert_eq!(sink.total(stats::REQUESTS, &[]), 5);
+    assert_eq!(
+        sink.total(stats::RESPONSES, &[("outcome", "local_reply")]),
+        4
+    );
+    assert_eq!(sink.gauge_total(stats::ACTIVE, &[]), 0);
+}

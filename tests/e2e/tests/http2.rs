@@ -32,7 +32,13 @@ struct Setup {
     _provider: Provider,
     h2_port: u16,
     h1_port: u16,
+    /// An HTTP/2 front whose HCM serves at most [`DRAIN_AFTER`] streams per connection, then
+    /// drains it (GOAWAY).
+    drain_port: u16,
 }
+
+/// `max_requests_per_connection` of the draining front's HCM.
+const DRAIN_AFTER: u64 = 10;
 
 static SHARED: Mutex<Weak<Setup>> = Mutex::new(Weak::new());
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -68,7 +74,8 @@ impl Setup {
     fn start() -> Setup {
         let wasm = workspace::build_wasm("meltemi-dubbo");
         let provider = Provider::start(ProviderKind::Sofa, "v2");
-        let (h2_port, h1_port, admin) = (
+        let (h2_port, h1_port, drain_port, admin) = (
+            workspace::free_port(),
             workspace::free_port(),
             workspace::free_port(),
             workspace::free_port(),
@@ -100,20 +107,21 @@ impl Setup {
             http_filters: vec![],
         }
         .render();
-        let config = with_limits_and_http1_front(&rendered, h1_port);
+        let config = with_limits_and_http1_front(&rendered, h1_port, drain_port);
         let envoy = Envoy::start("http2", &config, admin);
         Setup {
             envoy,
             _provider: provider,
             h2_port,
             h1_port,
+            drain_port,
         }
     }
 }
 
-/// Circuit breakers on the two clusters, and a copy of the HTTP/2 front speaking HTTP/1.1
-/// on `h1_port`.
-fn with_limits_and_http1_front(rendered: &str, h1_port: u16) -> String {
+/// Circuit breakers on the two clusters, a copy of the HTTP/2 front speaking HTTP/1.1 on
+/// `h1_port`, and one whose HCM drains connections after [`DRAIN_AFTER`] streams.
+fn with_limits_and_http1_front(rendered: &str, h1_port: u16, drain_port: u16) -> String {
     let mut bootstrap: Value = serde_json::from_str(rendered).expect("rendered bootstrap");
     for cluster in bootstrap["static_resources"]["clusters"]
         .as_array_mut()
@@ -133,6 +141,12 @@ fn with_limits_and_http1_front(rendered: &str, h1_port: u16) -> String {
     let listeners = bootstrap["static_resources"]["listeners"]
         .as_array_mut()
         .expect("listeners");
+    let mut drain = listeners[0].clone();
+    drain["name"] = json!("dubbo_front_drain");
+    drain["address"]["socket_address"]["port_value"] = json!(drain_port);
+    let hcm = &mut drain["filter_chains"][0]["filters"][1]["typed_config"];
+    hcm["stat_prefix"] = json!("dubbo_drain");
+    hcm["common_http_protocol_options"] = json!({"max_requests_per_connection": DRAIN_AFTER});
     let mut h1 = listeners[0].clone();
     h1["name"] = json!("dubbo_front_h1");
     h1["address"]["socket_address"]["port_value"] = json!(h1_port);
@@ -153,6 +167,7 @@ fn with_limits_and_http1_front(rendered: &str, h1_port: u16) -> String {
         .expect("hcm")
         .remove("http2_protocol_options");
     listeners.push(h1);
+    listeners.push(drain);
     bootstrap.to_string()
 }
 
@@ -332,4 +347,77 @@ fn upstream_connections_stay_within_the_circuit_breaker() {
         "4 at a time: {:?}",
         r.elapsed
     );
+}
+
+#[test]
+fn a_draining_hcm_s_goaway_answers_what_it_kept_and_closes_at_once() {
+    let Some((s, _turn)) = setup() else { return };
+    // HCM serves DRAIN_AFTER streams of a connection, then drains it (GOAWAY). 32 calls at
+    // once were all opened before: all answered. Calls sent after the GOAWAY cannot be served
+    // on this connection: the front closes it as soon as the kept calls are answered, instead
+    // of leaving the client waiting for HCM's drain timeout (5 s).
+    let mut conn = meltemi_e2e::load::connect(s.drain_port);
+    let first = burst_outcomes(&mut conn, 1, 32);
+    eprintln!("draining HCM, first 32: {first:?}");
+    assert_eq!((first.ok, first.lost), (32, 0), "{first:?}");
+    let start = Instant::now();
+    let second = burst_outcomes(&mut conn, 33, 32);
+    let waited = start.elapsed();
+    eprintln!("draining HCM, next 32 after the GOAWAY: {second:?} in {waited:?}");
+    assert_eq!(second.ok, 0, "{second:?}");
+    assert!(
+        second.statuses.iter().all(|s| *s == 70),
+        "error replies are `unavailable`: {second:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "the client learns at once, not after HCM's drain timeout: {waited:?}"
+    );
+    assert!(
+        s.envoy
+            .stat("http.dubbo_drain.downstream_cx_max_requests_reached")
+            > 0
+    );
+}
+
+/// What one burst of echo calls on `conn` got: values, error replies (their Dubbo status), and
+/// calls without any answer when the connection closed.
+#[derive(Debug, Default)]
+struct Outcomes {
+    ok: usize,
+    errors: usize,
+    statuses: Vec<u8>,
+    lost: usize,
+}
+
+fn burst_outcomes(conn: &mut std::net::TcpStream, first_id: u64, count: u64) -> Outcomes {
+    let ids = first_id..first_id + count;
+    let mut bytes = Vec::new();
+    for id in ids.clone() {
+        bytes.extend(request_frame(id, ECHO, "slow", &format!("d-{id}")));
+    }
+    let mut out = Outcomes::default();
+    if conn.write_all(&bytes).is_err() {
+        out.lost = count as usize;
+        return out;
+    }
+    let mut waiting: std::collections::HashSet<u64> = ids.collect();
+    while !waiting.is_empty() {
+        let Ok(frame) = read_raw_frame(conn) else {
+            break;
+        };
+        assert!(
+            waiting.remove(&frame.id),
+            "answer {} twice or foreign",
+            frame.id
+        );
+        if frame.status == 20 {
+            out.ok += 1;
+        } else {
+            out.errors += 1;
+            out.statuses.push(frame.status);
+        }
+    }
+    out.lost = waiting.len();
+    out
 }
