@@ -370,3 +370,100 @@ fn after_goaway_the_calls_hcm_will_not_serve_get_error_replies_and_the_connectio
     );
     assert_eq!(sink.gauge_total(stats::ACTIVE, &[]), 0);
 }
+
+/// Drives `f` through a whole exchange: the client's `calls` arrive cut at `cuts`, HCM answers
+/// the open streams in an order drawn from `seed`, each answer split at a drawn offset, and the
+/// glue kicks the front whenever it asks. Returns every answer frame the client received.
+fn exchange<const ANY: bool>(
+    f: &mut Front<Lp<ANY>>,
+    calls: &[Vec<u8>],
+    cuts: &[usize],
+    mut seed: u64,
+) -> Vec<Vec<u8>> {
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let stream: Vec<u8> = calls.concat();
+    let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+    points.push(stream.len());
+    points.sort_unstable();
+    let mut hcm = Hcm::default();
+    let mut sink = Recorder::default();
+    let mut open: Vec<Seen> = Vec::new();
+    let mut client = Vec::new();
+    let mut at = 0;
+    let mut now = 0;
+    for p in points {
+        let http = f.on_client_bytes(&stream[at..p], now, &mut sink).unwrap();
+        open.extend(hcm.read(&http));
+        at = p;
+        now += 1;
+    }
+    while !open.is_empty() {
+        let seen = open.swap_remove((next() as usize) % open.len());
+        let wire = answer(&seen);
+        let cut = (next() as usize) % (wire.len() + 1);
+        for part in [&wire[..cut], &wire[cut..]] {
+            client.extend(f.on_hcm_data(part, now, &mut sink).unwrap());
+        }
+        while f.wants_kick() {
+            open.extend(hcm.read(&f.on_client_bytes(&[], now, &mut sink).unwrap()));
+        }
+    }
+    assert_eq!(f.in_flight(), 0);
+    assert_eq!(f.backlog_len(), 0);
+    assert_eq!(sink.gauge_total(stats::ACTIVE, &[]), 0);
+    let mut frames = Vec::new();
+    let mut rest = &client[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize + 4;
+        frames.push(rest[..len].to_vec());
+        rest = &rest[len..];
+    }
+    frames
+}
+
+fn calls_of(payloads: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let calls = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| lp(1, i as u32 + 1, p))
+        .collect();
+    let answers = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| lp(2, i as u32 + 1, p))
+        .collect();
+    (calls, answers)
+}
+
+proptest::proptest! {
+    #[test]
+    fn answers_keep_request_order_however_hcm_interleaves(
+        payloads in proptest::collection::vec(proptest::collection::vec(0u8..255, 0..40), 1..24),
+        cuts in proptest::collection::vec(0usize..4096, 0..6),
+        pending in 1usize..6,
+        seed in 1u64..u64::MAX,
+    ) {
+        let (calls, answers) = calls_of(&payloads);
+        let got = exchange(&mut front::<false>(pending), &calls, &cuts, seed);
+        proptest::prop_assert_eq!(got, answers);
+    }
+
+    #[test]
+    fn every_answer_reaches_its_caller_once_in_any_order(
+        payloads in proptest::collection::vec(proptest::collection::vec(0u8..255, 0..40), 1..24),
+        cuts in proptest::collection::vec(0usize..4096, 0..6),
+        pending in 1usize..6,
+        seed in 1u64..u64::MAX,
+    ) {
+        let (calls, mut answers) = calls_of(&payloads);
+        let mut got = exchange(&mut front::<true>(pending), &calls, &cuts, seed);
+        got.sort();
+        answers.sort();
+        proptest::prop_assert_eq!(got, answers);
+    }
+}
