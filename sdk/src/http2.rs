@@ -153,7 +153,8 @@ struct Stream {
 struct Block {
     stream: u32,
     end_stream: bool,
-    bytes: Vec<u8>,
+    /// Held between callbacks when CONTINUATION frames arrive later: charged like any buffer.
+    bytes: HeldBytes,
 }
 
 /// The client side of one HTTP/2 connection to HCM.
@@ -500,10 +501,14 @@ impl Client {
                         .get(5..)
                         .ok_or_else(|| protocol("HEADERS priority too short"))?;
                 }
+                let mut bytes = HeldBytes::new(Rc::clone(&self.shared));
+                bytes
+                    .try_extend(fragment, MAX_HEADER_BLOCK)
+                    .map_err(H2Error::Over)?;
                 let block = Block {
                     stream: h.stream,
                     end_stream: h.flags & END_STREAM != 0,
-                    bytes: fragment.to_vec(),
+                    bytes,
                 };
                 if h.flags & END_HEADERS != 0 {
                     self.on_headers(block, events)
@@ -516,9 +521,10 @@ impl Client {
                 let Some(mut block) = self.block.take() else {
                     return Err(protocol("CONTINUATION without HEADERS"));
                 };
-                block.bytes.extend_from_slice(payload);
-                if block.bytes.len() > MAX_HEADER_BLOCK {
-                    return Err(protocol("header block too large"));
+                match block.bytes.try_extend(payload, MAX_HEADER_BLOCK) {
+                    Ok(()) => {}
+                    Err(OverLimit::Connection) => return Err(protocol("header block too large")),
+                    Err(over) => return Err(H2Error::Over(over)),
                 }
                 if h.flags & END_HEADERS != 0 {
                     self.on_headers(block, events)
@@ -705,7 +711,7 @@ impl Client {
         // Decoded even for streams we no longer track: the dynamic table must stay in step.
         let fields = self
             .decoder
-            .decode(&block.bytes, MAX_HEADER_LIST)
+            .decode(block.bytes.as_slice(), MAX_HEADER_LIST)
             .map_err(|e| protocol(e.to_string()))?;
         let Some(stream) = self.streams.get_mut(&block.stream) else {
             return Ok(());
