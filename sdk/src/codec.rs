@@ -318,6 +318,12 @@ pub trait Codec: Sized + 'static {
     /// Protocol name: the `protocol` label of every metric.
     const PROTOCOL: &'static str;
 
+    /// Whether the protocol's clients match answers to requests by request id, so that the
+    /// bridge may return each answer as soon as it is ready even when an earlier call is still
+    /// running (HTTP/2 toward HCM, `"hcm_protocol": "http2"`). `false` (the default): answers
+    /// are returned in request order, a finished answer held until the earlier ones are written.
+    const ANSWERS_IN_ANY_ORDER: bool = false;
+
     /// Codec-specific configuration: the `codec` object of the filter configuration.
     /// Unknown or ill-typed fields must be rejected by its `Deserialize` impl so that Envoy
     /// refuses the configuration instead of running with a surprise.

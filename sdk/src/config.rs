@@ -2,7 +2,7 @@
 //!
 //! ```json
 //! {"role": "front", "service": "orders.default.svc", "limits": {"max_frame_bytes": 1048576},
-//!  "codec": { ...codec-specific... }}
+//!  "hcm_protocol": "http1", "codec": { ...codec-specific... }}
 //! ```
 //! Unknown fields are rejected so that a typo fails the Envoy configuration load instead of
 //! silently running with defaults.
@@ -17,6 +17,19 @@ pub enum Role {
     Front,
     /// On the internal listener, before `tcp_proxy` to the real server.
     Back,
+}
+
+/// The HTTP version the front speaks to the HTTP connection manager that follows it; the
+/// listener's HCM must be configured with the same (`codec_type: HTTP1` or `HTTP2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HcmProtocol {
+    /// HTTP/1.1: HCM serves one request of a client connection at a time, in order.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c): every call of a client connection is its own stream,
+    /// proxied concurrently.
+    Http2,
 }
 
 /// Limits. Every refusal is counted in `meltemi_refused_total{reason}`.
@@ -87,6 +100,9 @@ pub struct FilterConfig<C> {
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
+    /// HTTP version toward HCM (front only): `"http1"` (the default) or `"http2"`.
+    #[serde(default)]
+    pub hcm_protocol: HcmProtocol,
     /// Services and methods whose label values always get metrics of their own (the ones
     /// routes name); the controller fills these in.
     #[serde(default)]
@@ -160,6 +176,13 @@ mod tests {
         let c = FilterConfig::<NoCodec>::parse(br#"{"role":"front"}"#).unwrap();
         assert_eq!(c.role, Role::Front);
         assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.hcm_protocol, HcmProtocol::Http1);
+        let c =
+            FilterConfig::<NoCodec>::parse(br#"{"role":"front","hcm_protocol":"http2"}"#).unwrap();
+        assert_eq!(c.hcm_protocol, HcmProtocol::Http2);
+        let e =
+            FilterConfig::<NoCodec>::parse(br#"{"role":"front","hcm_protocol":"h3"}"#).unwrap_err();
+        assert!(e.contains("field `hcm_protocol`"), "{e}");
         let e = FilterConfig::<NoCodec>::parse(br#"{"role":"front","limits":{"max_frame":1}}"#)
             .unwrap_err();
         assert!(e.contains("max_frame"), "{e}");

@@ -9,15 +9,20 @@
 //! - A network filter can only write to the client when HCM writes. Requests the bridge answers
 //!   itself (heartbeats, refusals) therefore still go to HCM as tiny requests to
 //!   [`bridge::LOCAL_AUTHORITY`]; whatever HCM answers is replaced by the codec's reply.
+//!
+//! With `"hcm_protocol": "http2"` the same requests travel as HTTP/2 streams instead
+//! ([`crate::http2`]): HCM consumes every byte it is given, so nothing is recognised again, every
+//! call is handed at once (up to `max_pending_requests`), and each answer is returned as soon
+//! as it is complete, or in request order for codecs that need it.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 use crate::bridge::{self, KIND_HEADER, RESPONSE_HEADER, RID_HEADER};
-use crate::config::{FilterConfig, Limits};
+use crate::config::{FilterConfig, HcmProtocol, Limits};
 use crate::stats::{self, Sink};
 use crate::vm::{HeldBytes, OverLimit, VmShared};
-use crate::{http1, Codec, CodecErrorKind, ErrorKind, Message, MessageKind};
+use crate::{http1, http2, Codec, CodecErrorKind, ErrorKind, Message, MessageKind};
 
 /// Why a connection must be closed. The glue closes it and logs the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +93,35 @@ pub struct Front<C: Codec> {
     token: u64,
     /// Most requests handed ahead at once (see [`Front::hand_one`]).
     hand_cap: usize,
+    /// HTTP/2 toward HCM (`"hcm_protocol": "http2"`); `None` for HTTP/1.1, whose state is the
+    /// fields above.
+    h2: Option<Box<H2>>,
 }
+
+/// The HTTP/2 side of a front: one stream per request, answers as soon as they are ready.
+/// A request's [`InFlight::seq`] is its stream id.
+struct H2 {
+    client: http2::Client,
+    /// Every request not delivered yet, in request order, with its answer once it is
+    /// finished: for codecs whose clients need answers in request order
+    /// ([`Codec::ANSWERS_IN_ANY_ORDER`] false); empty otherwise.
+    order: VecDeque<(u64, Option<HeldBytes>)>,
+    /// One-way calls forwarded and not acknowledged yet. While there is one, no later call is
+    /// handed: a client cannot wait for a one-way call, so "sent before" must stay "delivered
+    /// before" (as on HTTP/1.1, where HCM serves one call at a time), or a call that depends
+    /// on it could overtake it on another upstream connection.
+    oneway_in_flight: usize,
+    /// HCM said GOAWAY and every call it kept is answered: the client connection is closed
+    /// at the glue's next read or timer (closing from the write path would drop the answers
+    /// being written).
+    closing: bool,
+}
+
+/// Our HTTP/2 receive window per stream: small answers never wait for a WINDOW_UPDATE, large
+/// ones wait for one per mebibyte (sent from the glue's next read or timer).
+const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// Our HTTP/2 receive window for the connection.
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 
 impl<C: Codec> Front<C> {
     /// State for a new client connection, with no VM-wide limits (tests, tools).
@@ -98,7 +131,7 @@ impl<C: Codec> Front<C> {
 
     /// State for a new client connection sharing `shared` with the VM's other connections.
     pub fn with_shared(config: Rc<FilterConfig<C::Config>>, shared: Rc<VmShared>) -> Self {
-        Self {
+        let mut front = Self {
             codec: C::new(&config.codec),
             frame_codec: C::new(&config.codec),
             config,
@@ -112,7 +145,24 @@ impl<C: Codec> Front<C> {
             next_seq: 1,
             token: connection_token(),
             hand_cap: usize::MAX,
+            h2: None,
+        };
+        if front.config.hcm_protocol == HcmProtocol::Http2 {
+            let limits = &front.config.limits;
+            let settings = http2::Settings {
+                stream_window: H2_STREAM_WINDOW,
+                connection_window: H2_CONNECTION_WINDOW,
+                max_body: limits.max_frame_bytes.saturating_add(1 << 16),
+                max_pending_body: limits.connection_buffer_bytes(),
+            };
+            front.h2 = Some(Box::new(H2 {
+                client: http2::Client::new(Rc::clone(&front.shared), settings),
+                order: VecDeque::new(),
+                oneway_in_flight: 0,
+                closing: false,
+            }));
         }
+        front
     }
 
     fn limits(&self) -> &Limits {
@@ -133,17 +183,36 @@ impl<C: Codec> Front<C> {
     /// read buffer reachable (Pause, then continue the chain itself) so that it can hand them
     /// later from a timer.
     pub fn has_waiting(&self) -> bool {
-        self.stopped_at_limit && !self.backlog.is_empty()
+        // HTTP/2: HCM may need a SETTINGS ACK, PING ACK or WINDOW_UPDATE at any time, and the
+        // glue can only write toward HCM while the read buffer stays reachable.
+        self.h2.is_some() || (self.stopped_at_limit && !self.backlog.is_empty())
+    }
+
+    /// True when the front speaks HTTP/2 to HCM (which then consumes every byte it is given).
+    pub fn is_http2(&self) -> bool {
+        self.h2.is_some()
     }
 
     /// True when requests wait and the limit that held them back has room again: the glue
     /// should run [`Front::on_client_bytes`] (with no new bytes) soon, from its timer, because
     /// HCM may have answered everything it had without any further read event.
     pub fn wants_kick(&self) -> bool {
+        if let Some(h2) = &self.h2 {
+            return h2.closing
+                || h2.client.has_output()
+                || (self.stopped_at_limit && !self.backlog.is_empty() && self.has_room());
+        }
         self.has_waiting() && self.has_room()
     }
 
     fn has_room(&self) -> bool {
+        if let Some(h2) = &self.h2 {
+            // Answers held for request order count: they are buffers in the VM.
+            let pending = self.in_flight.len().max(h2.order.len());
+            return pending < self.limits().max_pending_requests
+                && h2.oneway_in_flight == 0
+                && h2.client.can_open();
+        }
         self.in_flight.len() < self.limits().max_pending_requests
             && self.handed.len() < self.hand_cap
             && (self.handed.is_empty() || self.handed_bytes() < HAND_AHEAD_BYTES)
@@ -216,6 +285,11 @@ impl<C: Codec> Front<C> {
         now_ns: u64,
         sink: &mut dyn Sink,
     ) -> Result<Vec<u8>, Fatal> {
+        if self.h2.as_ref().is_some_and(|h2| h2.closing) {
+            return Err(Fatal(
+                "the HTTP connection manager is draining the connection (HTTP/2 GOAWAY); every call it kept was answered".into(),
+            ));
+        }
         let mut out = Vec::new();
         if self.backlog.is_empty() {
             // The common case: decode straight from Envoy's bytes, keep only what is left.
@@ -229,6 +303,10 @@ impl<C: Codec> Front<C> {
             let result = self.decode_requests(backlog.as_slice(), &mut out, now_ns, sink);
             self.backlog = backlog;
             self.backlog.consume(result?);
+        }
+        if let Some(h2) = &mut self.h2 {
+            // Our frames, and whatever HCM's frames asked for, in the order they were queued.
+            h2.client.take_output(&mut out);
         }
         Ok(out)
     }
@@ -333,7 +411,7 @@ impl<C: Codec> Front<C> {
                 );
                 continue;
             }
-            self.hand(message, frame, out, now_ns, sink);
+            self.hand(message, frame, out, now_ns, sink)?;
         }
     }
 
@@ -345,7 +423,7 @@ impl<C: Codec> Front<C> {
         out: &mut Vec<u8>,
         now_ns: u64,
         sink: &mut dyn Sink,
-    ) {
+    ) -> Result<(), Fatal> {
         let protocol = C::PROTOCOL;
         let service = match &self.config.service {
             Some(s) => s.clone(),
@@ -376,7 +454,17 @@ impl<C: Codec> Front<C> {
             // A refused one-way call: answering it would desynchronise the client, which
             // expects nothing. Dropped, and counted as such.
             count_outcome(sink, &labels, "dropped");
-            return;
+            return Ok(());
+        }
+        if self.h2.is_some() {
+            return self.hand_h2(
+                message,
+                frame,
+                local,
+                now_ns,
+                sink,
+                [service, method, service_label, method_label],
+            );
         }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
@@ -441,6 +529,301 @@ impl<C: Codec> Front<C> {
             method_label,
             started_ns: now_ns,
         });
+        Ok(())
+    }
+
+    /// [`Front::hand`] for HTTP/2: the same request as one stream.
+    fn hand_h2(
+        &mut self,
+        message: Message,
+        frame: &[u8],
+        local: Option<LocalAnswer>,
+        now_ns: u64,
+        sink: &mut dyn Sink,
+        [service, method, service_label, method_label]: [String; 4],
+    ) -> Result<(), Fatal> {
+        let Some(h2) = self.h2.as_mut() else {
+            return Ok(());
+        };
+        let opened = match local {
+            Some(answer) => {
+                let kind = match answer {
+                    LocalAnswer::Heartbeat => "heartbeat",
+                    LocalAnswer::Error(_) => "refused",
+                };
+                h2.client.open(
+                    bridge::LOCAL_AUTHORITY,
+                    bridge::LOCAL_PATH,
+                    [(KIND_HEADER, kind)],
+                    &[],
+                )
+            }
+            None => {
+                let mut path = String::with_capacity(
+                    service.len().saturating_add(method.len()).saturating_add(2),
+                );
+                path.push('/');
+                http1::encode_path_segment(&mut path, &service);
+                path.push('/');
+                http1::encode_path_segment(&mut path, &method);
+                let mut authority = String::with_capacity(service.len());
+                http1::encode_authority(&mut authority, &service);
+                let rid = message.request_id.to_string();
+                let md = bridge::metadata_headers(&message.metadata);
+                let headers = [
+                    (KIND_HEADER, message.kind.as_str()),
+                    (RID_HEADER, rid.as_str()),
+                ]
+                .into_iter()
+                .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
+                h2.client.open(&authority, &path, headers, frame)
+            }
+        };
+        let stream = match opened {
+            Ok(stream) => u64::from(stream),
+            Err(e) => return Err(self.h2_fatal(e, sink)),
+        };
+        if local.is_none() {
+            sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", C::PROTOCOL)]), 1);
+        }
+        if !C::ANSWERS_IN_ANY_ORDER {
+            h2.order.push_back((stream, None));
+        }
+        if local.is_none() && message.kind == MessageKind::OneWay {
+            h2.oneway_in_flight = h2.oneway_in_flight.saturating_add(1);
+        }
+        self.in_flight.push_back(InFlight {
+            seq: stream,
+            message,
+            local,
+            service,
+            method,
+            service_label,
+            method_label,
+            started_ns: now_ns,
+        });
+        Ok(())
+    }
+
+    fn h2_fatal(&self, e: http2::H2Error, sink: &mut dyn Sink) -> Fatal {
+        match e {
+            http2::H2Error::Over(over) => self.refuse_buffer(over, sink),
+            http2::H2Error::Protocol(m) => {
+                Fatal(format!("the HTTP connection manager broke HTTP/2: {m}"))
+            }
+        }
+    }
+
+    /// [`Front::on_hcm_data`] for HTTP/2: every answer finished by these frames is returned
+    /// (in request order unless the codec's clients match by id).
+    fn on_hcm_h2(
+        &mut self,
+        data: &[u8],
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) -> Result<Vec<u8>, Fatal> {
+        let mut events = Vec::new();
+        let received = match self.h2.as_mut() {
+            Some(h2) => h2.client.receive(data, &mut events),
+            None => Ok(()),
+        };
+        let mut out = Vec::new();
+        for event in events {
+            let (stream, parsed) = match event {
+                http2::Event::Answer {
+                    stream,
+                    status,
+                    headers,
+                    body,
+                } => (
+                    stream,
+                    http1::Parsed {
+                        status,
+                        path: String::new(),
+                        headers,
+                        body,
+                        len: 0,
+                    },
+                ),
+                http2::Event::Reset { stream, code } => {
+                    // As Envoy would have answered: the codec's error reply for that request.
+                    let status = match code {
+                        http2::ENHANCE_YOUR_CALM => 429,
+                        http2::REFUSED_STREAM | 8 => 503,
+                        _ => 500,
+                    };
+                    (
+                        stream,
+                        http1::Parsed {
+                            status,
+                            path: String::new(),
+                            headers: Vec::new(),
+                            body: format!("http/2 stream reset by envoy (code {code})")
+                                .into_bytes(),
+                            len: 0,
+                        },
+                    )
+                }
+                // New calls wait (the client cannot be told); HCM closes the connection
+                // once the streams it kept are answered.
+                http2::Event::GoAway { .. } => continue,
+            };
+            let seq = u64::from(stream);
+            let Some(pos) = self.in_flight.iter().position(|r| r.seq == seq) else {
+                continue;
+            };
+            let Some(request) = self.in_flight.remove(pos) else {
+                continue;
+            };
+            if request.local.is_none() && request.message.kind == MessageKind::OneWay {
+                if let Some(h2) = self.h2.as_mut() {
+                    h2.oneway_in_flight = h2.oneway_in_flight.saturating_sub(1);
+                }
+            }
+            let mut answer = Vec::new();
+            self.answer(request, &parsed, now_ns, &mut answer, sink)?;
+            self.deliver(seq, answer, &mut out, sink)?;
+        }
+        received.map_err(|e| self.h2_fatal(e, sink))?;
+        let drained = self
+            .h2
+            .as_ref()
+            .is_some_and(|h2| h2.client.going_away() && !h2.closing);
+        if drained && self.in_flight.is_empty() {
+            // Everything HCM kept is answered (in this write): the calls still waiting can
+            // never be served on this connection, so they get the protocol's error reply now,
+            // the only moment the front can write to the client, and the connection closes.
+            self.refuse_waiting(now_ns, &mut out, sink)?;
+            if let Some(h2) = self.h2.as_mut() {
+                h2.closing = true;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers every whole request in the backlog with an `Unavailable` error reply (one-way
+    /// calls are dropped, heartbeats answered), as if Envoy had refused them.
+    fn refuse_waiting(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        let backlog = std::mem::replace(&mut self.backlog, HeldBytes::new(Rc::clone(&self.shared)));
+        let mut offset = 0usize;
+        let result = loop {
+            let rest = backlog.as_slice().get(offset..).unwrap_or(&[]);
+            let message = match self.codec.decode(rest) {
+                Ok(Some(m)) if m.len > 0 && m.len <= rest.len() => m,
+                // A partial frame, or a corrupt stream: nothing more to answer.
+                _ => break Ok(()),
+            };
+            offset = offset.saturating_add(message.len);
+            let parsed = http1::Parsed {
+                status: 503,
+                path: String::new(),
+                headers: Vec::new(),
+                body: b"envoy is draining this connection (HTTP/2 GOAWAY)".to_vec(),
+                len: 0,
+            };
+            let request = match message.kind {
+                MessageKind::Request | MessageKind::OneWay | MessageKind::Heartbeat => {
+                    self.refused_in_flight(message, now_ns, sink)
+                }
+                _ => continue,
+            };
+            if let Err(e) = self.answer(request, &parsed, now_ns, out, sink) {
+                break Err(e);
+            }
+        };
+        self.backlog = backlog;
+        self.backlog.consume(offset);
+        result
+    }
+
+    /// The in-flight record of a request that is answered without reaching HCM, counted as a
+    /// request like any other.
+    fn refused_in_flight(
+        &mut self,
+        message: Message,
+        now_ns: u64,
+        sink: &mut dyn Sink,
+    ) -> InFlight {
+        let service = match &self.config.service {
+            Some(s) => s.clone(),
+            None => message
+                .metadata
+                .get("service")
+                .unwrap_or("unknown")
+                .to_owned(),
+        };
+        let method = message
+            .metadata
+            .get("method")
+            .unwrap_or("unknown")
+            .to_owned();
+        let service_label = self.label(&service, "service", sink);
+        let method_label = self.label(&method, "method", sink);
+        let local = (message.kind == MessageKind::Heartbeat).then_some(LocalAnswer::Heartbeat);
+        if local.is_none() {
+            let labels = [
+                ("protocol", C::PROTOCOL),
+                ("service", service_label.as_str()),
+                ("method", method_label.as_str()),
+            ];
+            stats::bump(sink, stats::REQUESTS, &labels);
+            sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", C::PROTOCOL)]), 1);
+        }
+        InFlight {
+            seq: 0,
+            message,
+            local,
+            service,
+            method,
+            service_label,
+            method_label,
+            started_ns: now_ns,
+        }
+    }
+
+    /// Writes the answer to request `seq` to `out` now, or holds it until every earlier
+    /// request is answered (codecs whose clients need request order).
+    fn deliver(
+        &mut self,
+        seq: u64,
+        answer: Vec<u8>,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        let limit = self.limits().connection_buffer_bytes();
+        let Some(h2) = self.h2.as_mut() else {
+            return Ok(());
+        };
+        if C::ANSWERS_IN_ANY_ORDER {
+            out.extend_from_slice(&answer);
+            return Ok(());
+        }
+        if h2.order.front().is_some_and(|(s, _)| *s == seq) {
+            h2.order.pop_front();
+            out.extend_from_slice(&answer);
+        } else if let Some((_, slot)) = h2.order.iter_mut().find(|(s, _)| *s == seq) {
+            let mut held = HeldBytes::new(Rc::clone(&self.shared));
+            if let Err(over) = held.try_extend(&answer, limit) {
+                return Err(self.refuse_buffer(over, sink));
+            }
+            *slot = Some(held);
+            return Ok(());
+        } else {
+            // Not awaited in order (cannot happen: every stream is queued when opened); the
+            // client still gets it rather than nothing.
+            out.extend_from_slice(&answer);
+        }
+        while let Some((_, Some(_))) = h2.order.front() {
+            if let Some((_, Some(held))) = h2.order.pop_front() {
+                out.extend_from_slice(held.as_slice());
+            }
+        }
+        Ok(())
     }
 
     /// The label value for `value` of label `label` (`other` past the limit, counted).
@@ -506,6 +889,9 @@ impl<C: Codec> Front<C> {
         now_ns: u64,
         sink: &mut dyn Sink,
     ) -> Result<Vec<u8>, Fatal> {
+        if self.h2.is_some() {
+            return self.on_hcm_h2(data, now_ns, sink);
+        }
         let max_body = self.limits().max_frame_bytes.saturating_add(1 << 16);
         let limit = self.limits().connection_buffer_bytes();
         let mut out = Vec::new();
@@ -770,6 +1156,10 @@ impl<C: Codec> Front<C> {
         self.response_partial.clear();
         self.stopped_at_limit = false;
         self.passing = 0;
+        if let Some(h2) = &mut self.h2 {
+            h2.order.clear();
+            h2.oneway_in_flight = 0;
+        }
     }
 }
 

@@ -33,7 +33,11 @@ pub mod exchange;
 #[doc(hidden)]
 pub mod front;
 #[doc(hidden)]
+pub mod hpack;
+#[doc(hidden)]
 pub mod http1;
+#[doc(hidden)]
+pub mod http2;
 pub mod metadata;
 #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
 #[doc(hidden)]

@@ -137,6 +137,7 @@ fn config(role: Role, limits: Limits) -> Rc<FilterConfig<()>> {
         limits,
         known_services: Vec::new(),
         known_methods: Vec::new(),
+        hcm_protocol: meltemi_sdk::config::HcmProtocol::Http1,
         codec: (),
     })
 }

@@ -109,6 +109,8 @@ fn classify(h: &Header, body: &[u8]) -> Result<(MessageKind, Metadata), CodecErr
 
 impl Codec for DubboCodec {
     const PROTOCOL: &'static str = "dubbo";
+    /// Dubbo consumers match answers to calls by request id (they multiplex one connection).
+    const ANSWERS_IN_ANY_ORDER: bool = true;
     type Config = DubboConfig;
 
     fn new(config: &Self::Config) -> Self {

@@ -197,8 +197,13 @@ impl<C: Codec> Filter<C> {
     /// Asks for [`on_scheduled`] when waiting requests can only be handed from there: HCM
     /// answered everything it had, so no further read event will come.
     fn kick_if_idle(&self, conn: Connection) {
+        // HTTP/1.1: only an idle HCM may be handed a request outside a read (it must consume
+        // the injected buffer whole). HTTP/2: HCM consumes everything, and frames it needs
+        // (SETTINGS/PING ACK, WINDOW_UPDATE) may be owed while calls are in flight.
         let idle = match &*self.state.borrow() {
-            State::Open(front) => front.wants_kick() && front.in_flight() == 0,
+            State::Open(front) => {
+                front.wants_kick() && (front.is_http2() || front.in_flight() == 0)
+            }
             State::Closed => false,
         };
         if !idle {
@@ -285,7 +290,8 @@ pub unsafe fn on_write<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
     }
 }
 
-/// `on_network_filter_scheduled`: hands one waiting request to an idle HCM.
+/// `on_network_filter_scheduled`: hands one waiting request to an idle HCM (HTTP/1.1), or
+/// whatever the front owes HCM (HTTP/2).
 ///
 /// # Safety
 /// As [`on_read`].
@@ -298,6 +304,9 @@ pub unsafe fn on_scheduled<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) {
             let mut sink = NativeSink::default();
             let handed = match filter.state.try_borrow_mut() {
                 Ok(mut state) => match &mut *state {
+                    State::Open(front) if front.wants_kick() && front.is_http2() => {
+                        front.on_client_bytes(&[], now_ns(), &mut sink)
+                    }
                     State::Open(front) if front.wants_kick() && front.in_flight() == 0 => {
                         front.hand_one(now_ns(), &mut sink)
                     }

@@ -211,26 +211,37 @@ impl Bridge<'_> {
             }
         }));
         let p = self.protocol;
+        let mut front = self.front.clone();
+        if let Some(forced) = crate::workspace::hcm_protocol_override() {
+            if front.get("hcm_protocol").is_none() {
+                front["hcm_protocol"] = json!(forced);
+            }
+        }
+        let http2 = front.get("hcm_protocol").and_then(Value::as_str) == Some("http2");
+        let mut hcm = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": p,
+            "codec_type": if http2 { "HTTP2" } else { "HTTP1" },
+            "generate_request_id": false,
+            "route_config": {"name": format!("{p}_routes"), "virtual_hosts": virtual_hosts},
+            "http_filters": http_filters
+        });
+        if http2 {
+            hcm["http2_protocol_options"] = http2_options();
+        }
         let mut listeners = vec![json!({
             "name": format!("{p}_front"),
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.listen_port}},
             "per_connection_buffer_limit_bytes": FRONT_BUFFER_LIMIT,
             "filter_chains": [{"filters": [
                 if self.engine.native_front() {
-                    native_front(self.module, self.front.clone())
+                    native_front(self.module, front)
                 } else {
-                    wasm_filter("meltemi_front", p, self.wasm, self.front.clone(), "front")
+                    wasm_filter("meltemi_front", p, self.wasm, front, "front")
                 },
                 {
                     "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": p,
-                        "codec_type": "HTTP1",
-                        "generate_request_id": false,
-                        "route_config": {"name": format!("{p}_routes"), "virtual_hosts": virtual_hosts},
-                        "http_filters": http_filters
-                    }
+                    "typed_config": hcm
                 }
             ]}]
         })];
@@ -286,6 +297,19 @@ impl Bridge<'_> {
         })
         .to_string()
     }
+}
+
+/// HCM's HTTP/2 options for a front with `"hcm_protocol": "http2"`: windows far above any
+/// call (16 MiB per stream, 256 MiB per connection), so that the front's DATA does not wait
+/// for HCM's WINDOW_UPDATE, and outbound frame limits for thousands of answers queued toward
+/// one client.
+pub fn http2_options() -> Value {
+    json!({
+        "initial_stream_window_size": 16 << 20,
+        "initial_connection_window_size": 256 << 20,
+        "max_outbound_frames": 100000,
+        "max_outbound_control_frames": 10000
+    })
 }
 
 /// A plain TCP proxy on 127.0.0.1:`port` to 127.0.0.1:`upstream` behind the proxy-wasm

@@ -78,3 +78,50 @@ impl Client {
         read_frame(&mut self.0)
     }
 }
+
+/// One connection keeping `depth` echo calls in flight (a new call as each answer arrives,
+/// answers matched by id, any order) for `total` calls: how a multiplexing Dubbo consumer loads
+/// a proxy. Returns the measurement of Envoy `envoy_pid`; a lost or foreign answer fails.
+pub fn run_in_flight(
+    envoy_pid: u32,
+    port: u16,
+    depth: u64,
+    total: u64,
+) -> crate::load::Measurement {
+    use std::collections::HashMap;
+    use std::time::Instant;
+    let mut conn = crate::load::connect(port);
+    let mut latency = crate::load::histogram();
+    let cpu_before = crate::load::process_cpu(envoy_pid);
+    let start = Instant::now();
+    let mut waiting: HashMap<u64, Instant> = HashMap::new();
+    let mut next = 1u64;
+    let mut batch = Vec::new();
+    while next <= depth.min(total) {
+        batch.extend(echo_request(next));
+        waiting.insert(next, Instant::now());
+        next += 1;
+    }
+    conn.write_all(&batch).expect("write calls");
+    let mut answered = 0u64;
+    while answered < total {
+        let frame = read_frame(&mut conn).expect("an answer");
+        let id = request_id(&frame);
+        let sent = waiting
+            .remove(&id)
+            .unwrap_or_else(|| panic!("answer {id} not awaited"));
+        latency.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+        answered += 1;
+        if next <= total {
+            conn.write_all(&echo_request(next)).expect("write call");
+            waiting.insert(next, Instant::now());
+            next += 1;
+        }
+    }
+    crate::load::Measurement {
+        requests: answered,
+        elapsed: start.elapsed(),
+        envoy_cpu: crate::load::process_cpu(envoy_pid).saturating_sub(cpu_before),
+        latency,
+    }
+}

@@ -42,8 +42,8 @@ impl Measurement {
     }
 }
 
-fn histogram() -> Histogram<u64> {
-    // 1 µs .. 60 s, 3 significant digits.
+/// An empty latency histogram (1 µs .. 60 s, 3 significant digits).
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 

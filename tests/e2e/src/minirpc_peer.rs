@@ -399,14 +399,38 @@ impl Deployment {
                 ("WASM", wasm.display().to_string()),
             ],
         );
+        const SHIPPED: &str = r#"'{"role": "front", "limits": {"max_frame_bytes": 4194304, "max_pending_requests": 256}}'"#;
+        let forced = workspace::hcm_protocol_override();
+        let front = match (front, forced) {
+            (None, Some(_)) => {
+                Some(serde_json::from_str(SHIPPED.trim_matches('\'')).expect("shipped JSON"))
+            }
+            (front, _) => front,
+        };
         let config = match front {
             None => config,
             Some(mut front) => {
-                const SHIPPED: &str = r#"'{"role": "front", "limits": {"max_frame_bytes": 4194304, "max_pending_requests": 256}}'"#;
                 assert!(config.contains(SHIPPED), "front configuration not found");
                 front["role"] = serde_json::json!("front");
+                if let (Some(p), None) = (forced, front.get("hcm_protocol")) {
+                    front["hcm_protocol"] = serde_json::json!(p);
+                }
                 config.replacen(SHIPPED, &format!("'{front}'"), 1)
             }
+        };
+        let config = if config.contains(r#""hcm_protocol":"http2""#) {
+            const HTTP1: &str = "          codec_type: HTTP1\n";
+            assert!(config.contains(HTTP1), "HCM codec_type not found");
+            let options = crate::bootstrap::http2_options();
+            config.replacen(
+                HTTP1,
+                &format!(
+                    "          codec_type: HTTP2\n          http2_protocol_options: {options}\n"
+                ),
+                1,
+            )
+        } else {
+            config
         };
         let envoy = crate::envoy::Envoy::start(name, &config, admin);
         Deployment {

@@ -137,6 +137,17 @@ pub fn wait_accepting(port: u16, child: &mut Child, timeout: Duration) -> Result
     }
 }
 
+/// `MELTEMI_E2E_HCM_PROTOCOL=http2` runs the suites' fronts with HTTP/2 toward HCM (the
+/// filter's `"hcm_protocol": "http2"` and HCM's `codec_type: HTTP2`), so that every claim of
+/// the HTTP/1.1 suites can be checked under the other framing; unset (or `http1`): as
+/// configured. Fronts whose configuration names a protocol keep it.
+pub fn hcm_protocol_override() -> Option<&'static str> {
+    match std::env::var("MELTEMI_E2E_HCM_PROTOCOL").as_deref() {
+        Ok("http2") => Some("http2"),
+        _ => None,
+    }
+}
+
 /// Whether a missing test peer is a failure: `MELTEMI_REQUIRE_PEERS=1` (set by
 /// `scripts/test.sh` after installing them, so by CI). Any other value, or none, lets suites
 /// skip. The one reader of the variable, so every suite agrees.

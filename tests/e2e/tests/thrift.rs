@@ -115,6 +115,12 @@ fn render(
         listener["address"]["socket_address"]["port_value"] = json!(front.port);
         let mut config = front.config.clone();
         config["role"] = json!("front");
+        // The copies share the first front's HCM, so they speak its HTTP version.
+        if let Some(p) = meltemi_e2e::workspace::hcm_protocol_override() {
+            if config.get("hcm_protocol").is_none() {
+                config["hcm_protocol"] = json!(p);
+            }
+        }
         let filter = &mut listener["filter_chains"][0]["filters"][0]["typed_config"];
         let value = if engine == Engine::Native {
             &mut filter["filter_config"]["value"]

@@ -12,6 +12,7 @@ const RpcConnection = require('sofa-rpc-node/lib/server/connection');
 const args = require('minimist')(process.argv.slice(2));
 const port = Number(args.port || 20880);
 const tag = String(args.tag || 'v1');
+const slowMs = Number(args['slow-ms'] || 50);
 
 // Log every heartbeat before dubbo-remoting answers it.
 const handleHeartbeat = RpcConnection.prototype._handleHeartbeat;
@@ -56,6 +57,12 @@ const impl = {
         tags: { $class: 'java.util.List', $: [ ...(u.tags || []), tag ].map(t => ({ $class: 'java.lang.String', $: t })) },
       },
     };
+  },
+  // echo after a delay (`--slow-ms`, default 50): concurrency through a proxy shows as calls
+  // finishing together instead of one after another.
+  async slow(message) {
+    await new Promise(resolve => setTimeout(resolve, slowMs));
+    return `${tag}:${message}`;
   },
   async fail(reason) {
     const err = new Error(`declared failure from ${tag}: ${reason}`);

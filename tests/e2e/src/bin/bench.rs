@@ -13,8 +13,14 @@
 //! second, and latency p50/p99/p999 from a histogram over all rounds; then one fixed-rate run
 //! per path, whose latency counts from when each call was due (no coordinated omission).
 //!
-//! Usage: `meltemi-bench [rounds=5] [connections=4] [requests=10000] [rate=2000] [out=FILE]`
-//! (requests per connection per run; rate = total calls/s of the fixed-rate run).
+//! Then Dubbo2 on ONE client connection with 1, 8 and 32 calls in flight (a multiplexing
+//! consumer, answers matched by id): tcp_proxy, native `dubbo_proxy`, and the Meltemi builds
+//! with HTTP/1.1 and with HTTP/2 toward HCM; at each depth every path runs right after the
+//! native proxy.
+//!
+//! Usage: `meltemi-bench [rounds=5] [connections=4] [requests=10000] [rate=2000]
+//! [inflight=20000] [out=FILE]` (requests per connection per run; rate = total calls/s of the
+//! fixed-rate run; inflight = calls per path and depth, 0 to skip).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -31,6 +37,7 @@ struct Args {
     connections: usize,
     requests: u64,
     rate: u64,
+    inflight: u64,
     out: Option<String>,
     /// Only the paths whose label contains this (the native proxy always runs).
     only: Option<String>,
@@ -43,6 +50,7 @@ impl Args {
             connections: 4,
             requests: 10_000,
             rate: 2_000,
+            inflight: 20_000,
             out: None,
             only: None,
         };
@@ -53,6 +61,7 @@ impl Args {
                 "connections" => a.connections = v.parse().expect("connections=N"),
                 "requests" => a.requests = v.parse().expect("requests=N"),
                 "rate" => a.rate = v.parse().expect("rate=N"),
+                "inflight" => a.inflight = v.parse().expect("inflight=N"),
                 "out" => a.out = Some(v.to_owned()),
                 "only" => a.only = Some(v.to_owned()),
                 other => {
@@ -392,6 +401,93 @@ fn dubbo(args: &Args, out: &mut String) -> f64 {
         .map_or(f64::NAN, |r| median(&r.ratio))
 }
 
+/// Dubbo2 calls in flight on one client connection: every path at 1, 8 and 32.
+fn in_flight(args: &Args, out: &mut String) {
+    let server = dubbo_load::start_echo_provider();
+    let mut routes = Vec::new();
+    for (label, template) in [
+        ("native dubbo_proxy", "dubbo_proxy.yaml"),
+        ("tcp_proxy", "tcp_proxy.yaml"),
+    ] {
+        let (envoy, port) = envoy_from(template, "bench-inflight", server);
+        routes.push(Route { label, envoy, port });
+    }
+    let iface = "org.meltemi.demo.EchoService";
+    for (hcm, labels) in [
+        (
+            "http1",
+            ["meltemi wasm, HTTP/1.1", "meltemi native, HTTP/1.1"],
+        ),
+        ("http2", ["meltemi wasm, HTTP/2", "meltemi native, HTTP/2"]),
+    ] {
+        let front =
+            json!({"known_services": [iface], "known_methods": ["echo"], "hcm_protocol": hcm});
+        let builds = meltemi_routes(
+            Codec {
+                protocol: "dubbo",
+                package: "meltemi-dubbo",
+                module: "meltemi_dubbo",
+                front,
+                back: json!({}),
+                host: iface,
+                method: "echo",
+            },
+            server,
+        );
+        for r in builds {
+            let label = match r.label {
+                "meltemi wasm" => labels[0],
+                "meltemi native" => labels[1],
+                _ => continue,
+            };
+            routes.push(Route { label, ..r });
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n### Dubbo2, calls in flight on one client connection\n\nOne connection, {} calls per path and depth; a new call as each answer arrives (answers matched by id, any order); × = Envoy CPU per call ÷ dubbo_proxy measured right before.\n",
+        args.inflight
+    );
+    let _ = writeln!(
+        out,
+        "| in flight | path | Envoy CPU µs/call | × dubbo_proxy | calls/s | p50 µs | p99 µs |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for depth in [1u64, 8, 32] {
+        for route in &routes[1..] {
+            let run = |r: &Route| {
+                dubbo_load::run_in_flight(r.envoy.pid(), r.port, depth, args.inflight / 10 + depth);
+                dubbo_load::run_in_flight(r.envoy.pid(), r.port, depth, args.inflight)
+            };
+            let base = run(&routes[0]);
+            let m = run(route);
+            if route.label == routes[1].label {
+                row_in_flight(out, depth, &routes[0], &base, &base);
+            }
+            row_in_flight(out, depth, route, &m, &base);
+            eprintln!(
+                "{depth} in flight: {} {:.1} µs/call ({:.2}× dubbo_proxy)",
+                route.label,
+                m.cpu_us_per_request(),
+                m.cpu_us_per_request() / base.cpu_us_per_request()
+            );
+        }
+    }
+}
+
+fn row_in_flight(out: &mut String, depth: u64, r: &Route, m: &Measurement, base: &Measurement) {
+    let _ = writeln!(
+        out,
+        "| {depth} | {} | {:.1} | {:.2} | {:.0} | {} | {} |",
+        r.label,
+        m.cpu_us_per_request(),
+        m.cpu_us_per_request() / base.cpu_us_per_request(),
+        m.rate(),
+        m.latency_us(50.0),
+        m.latency_us(99.0)
+    );
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
@@ -434,7 +530,7 @@ fn main() {
         "\nEvery Envoy runs with one worker thread. Envoy CPU is read from `/proc/<pid>/stat` before and after each run, so it does not depend on how busy the load generator is; absolute figures move with other jobs on the machine, paired ratios much less."
     );
     let protocols =
-        std::env::var("MELTEMI_BENCH_PROTOCOLS").unwrap_or_else(|_| "thrift,dubbo".into());
+        std::env::var("MELTEMI_BENCH_PROTOCOLS").unwrap_or_else(|_| "thrift,dubbo,inflight".into());
     let thrift = if protocols.contains("thrift") {
         thrift(&args, &mut out)
     } else {
@@ -445,6 +541,9 @@ fn main() {
     } else {
         f64::NAN
     };
+    if args.inflight > 0 && protocols.contains("inflight") {
+        in_flight(&args, &mut out);
+    }
     let _ = writeln!(
         out,
         "\nTargets (issue 9): the native build ≤ 1.8× the native proxies' CPU per request — measured {thrift:.2}× (Thrift) and {dubbo:.2}× (Dubbo); wasm front + native back ≤ 2.4×: see the tables."
