@@ -5,8 +5,10 @@
 //! headers and body, lends it a pooled TCP connection exclusively for the request, and takes
 //! one HTTP response back. Unlike the wasm back ([`crate::back`]), which sits on an internal
 //! listener and sees HTTP/1.1 bytes, this one is driven by decoded headers and body chunks, and
-//! it can answer the router itself: a one-way call is acknowledged right after it is written,
-//! so no delivery probe is needed. The rules are the same: the request's mutation is written
+//! it can answer the router itself: a one-way call is acknowledged by the bridge, once the
+//! server has answered the codec's delivery probe written after it (so the server has read the
+//! call before any later call is sent, possibly on another pooled connection), or right after
+//! writing it when the codec has no probe. The rules are the same: the request's mutation is written
 //! into the frame here, every server frame is checked against the awaited request id, server
 //! heartbeats are answered, and a stray answer never reaches the caller.
 
@@ -88,6 +90,12 @@ pub struct Exchange<C: Codec> {
     written: bool,
     /// A stray answer was dropped: the connection is closed once this request is answered.
     tainted: bool,
+    /// A one-way call was written with a delivery probe behind it: the probe's answer (this
+    /// request id) acknowledges the call.
+    probe: Option<u64>,
+    /// A one-way call was written and the connection half-closed behind it (a codec without a
+    /// probe): the server's close acknowledges the call.
+    close_ack: bool,
     done: bool,
 }
 
@@ -103,6 +111,8 @@ impl<C: Codec> Exchange<C> {
             head: None,
             written: false,
             tainted: false,
+            probe: None,
+            close_ack: false,
             done: false,
         }
     }
@@ -155,18 +165,15 @@ impl<C: Codec> Exchange<C> {
         let Some(head) = &self.head else {
             return self.finish(Step::respond(Response::local(400, "body before headers")));
         };
-        if head.mutation.is_empty() {
+        let oneway = head.kind == MessageKind::OneWay;
+        if head.mutation.is_empty() && !oneway {
             // Nothing needs the whole frame: pass it through as it arrives.
-            let mut step = Step {
+            let step = Step {
                 forward_input: true,
                 ..Step::default()
             };
             if end_stream {
                 self.written = true;
-                if head.kind == MessageKind::OneWay {
-                    // Written: that is all a one-way call gets. The bridge answers the router.
-                    step.response = Some(oneway_ack());
-                }
             }
             return self.finish(step);
         }
@@ -182,15 +189,31 @@ impl<C: Codec> Exchange<C> {
         }
         let mut step = Step::default();
         self.mutate(&mut step.to_server, sink);
+        if oneway {
+            let probe = match self.frame_codec.decode(self.request.as_slice()) {
+                Ok(Some(m)) => self
+                    .frame_codec
+                    .delivery_probe(&m)
+                    .map(|p| (p, m.request_id)),
+                _ => None,
+            };
+            match probe {
+                Some((bytes, id)) => {
+                    step.to_server.extend_from_slice(&bytes);
+                    self.probe = Some(id);
+                }
+                // Without a probe the connection is half-closed behind the call: the server reads
+                // the call, then the end of stream, and closes; that close acknowledges the call
+                // (see `Exchange::on_server_closed`). Acknowledging at once would let a later
+                // call on another pooled connection reach the server first.
+                None => {
+                    step.close_server = true;
+                    self.close_ack = true;
+                }
+            }
+        }
         self.request.clear();
         self.written = true;
-        if self
-            .head
-            .as_ref()
-            .is_some_and(|h| h.kind == MessageKind::OneWay)
-        {
-            step.response = Some(oneway_ack());
-        }
         self.finish(step)
     }
 
@@ -225,6 +248,16 @@ impl<C: Codec> Exchange<C> {
             over.reason(),
             self.shared.budget.limit()
         )
+    }
+
+    /// The server closed the connection. Envoy then resets the request (the router answers
+    /// 503, which the front counts as a delivered one-way call) unless the bridge answers first:
+    /// a one-way call acknowledged by the close is answered here.
+    pub fn on_server_closed(&mut self) -> Step {
+        if self.done || !self.close_ack {
+            return Step::default();
+        }
+        self.finish(Step::respond(oneway_ack()))
     }
 
     /// Server bytes of one read.
@@ -295,6 +328,15 @@ impl<C: Codec> Exchange<C> {
                     &[("protocol", protocol), ("role", "back")],
                 );
                 continue;
+            }
+            if self
+                .probe
+                .is_some_and(|id| id == message.request_id && self.codec.is_probe_answer(&message))
+            {
+                // The server read the one-way call: acknowledged.
+                step.response = Some(oneway_ack());
+                step.close_server |= self.tainted;
+                break;
             }
             let awaited = self.head.as_ref().filter(|h| {
                 self.written && h.kind != MessageKind::OneWay && answers(&message, h.id, &h.method)

@@ -48,6 +48,33 @@ struct InFlight {
     service_label: String,
     method_label: String,
     started_ns: u64,
+    /// Answered by the front itself, without a request to HCM (see [`Front::answer_locally`]).
+    direct: bool,
+}
+
+impl InFlight {
+    /// A request of `names` = [service, method, service label, method label].
+    fn new(
+        seq: u64,
+        message: Message,
+        local: Option<LocalAnswer>,
+        names: [String; 4],
+        started_ns: u64,
+        direct: bool,
+    ) -> Self {
+        let [service, method, service_label, method_label] = names;
+        Self {
+            seq,
+            message,
+            local,
+            service,
+            method,
+            service_label,
+            method_label,
+            started_ns,
+            direct,
+        }
+    }
 }
 
 /// An HTTP request written into the read buffer: its sequence number, its length, and how many
@@ -93,6 +120,11 @@ pub struct Front<C: Codec> {
     token: u64,
     /// Most requests handed ahead at once (see [`Front::hand_one`]).
     hand_cap: usize,
+    /// Heartbeats and refusals are answered here instead of through HCM's `meltemi.local`
+    /// virtual host (a glue that can write to the client: the native front).
+    direct: bool,
+    /// Such answers due to the client now, from the read path (see [`Front::take_direct`]).
+    direct_out: Vec<u8>,
     /// HTTP/2 toward HCM (`"hcm_protocol": "http2"`); `None` for HTTP/1.1, whose state is the
     /// fields above.
     h2: Option<Box<H2>>,
@@ -145,6 +177,8 @@ impl<C: Codec> Front<C> {
             next_seq: 1,
             token: connection_token(),
             hand_cap: usize::MAX,
+            direct: false,
+            direct_out: Vec::new(),
             h2: None,
         };
         if front.config.hcm_protocol == HcmProtocol::Http2 {
@@ -186,6 +220,19 @@ impl<C: Codec> Front<C> {
         // HTTP/2: HCM may need a SETTINGS ACK, PING ACK or WINDOW_UPDATE at any time, and the
         // glue can only write toward HCM while the read buffer stays reachable.
         self.h2.is_some() || (self.stopped_at_limit && !self.backlog.is_empty())
+    }
+
+    /// From now on the front answers heartbeats and refusals itself, in request order, instead
+    /// of sending them to HCM's `meltemi.local` virtual host: for a glue that can write to the
+    /// client directly (the native front). HTTP/1.1 only; over HTTP/2 they stay streams.
+    pub fn answer_locally(&mut self) {
+        self.direct = self.h2.is_none();
+    }
+
+    /// Bytes for the client that the read path produced (answers of [`Front::answer_locally`]
+    /// with nothing before them in flight); the glue writes them to the client.
+    pub fn take_direct(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.direct_out)
     }
 
     /// True when the front speaks HTTP/2 to HCM (which then consumes every byte it is given).
@@ -466,6 +513,20 @@ impl<C: Codec> Front<C> {
                 [service, method, service_label, method_label],
             );
         }
+        if let (true, Some(answer)) = (self.direct, local) {
+            let names = [service, method, service_label, method_label];
+            let request = InFlight::new(0, message, local, names, now_ns, true);
+            if self.in_flight.is_empty() {
+                // Nothing before it: answered now.
+                let mut reply = std::mem::take(&mut self.direct_out);
+                let done = self.answer_local(&request, answer, &mut reply, sink);
+                self.direct_out = reply;
+                return done;
+            }
+            // Answered right after the requests before it (see `Front::drain_direct`).
+            self.in_flight.push_back(request);
+            return Ok(());
+        }
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         let start = out.len();
@@ -519,16 +580,9 @@ impl<C: Codec> Front<C> {
             len: written.len(),
             id_len,
         });
-        self.in_flight.push_back(InFlight {
-            seq,
-            message,
-            local,
-            service,
-            method,
-            service_label,
-            method_label,
-            started_ns: now_ns,
-        });
+        let names = [service, method, service_label, method_label];
+        self.in_flight
+            .push_back(InFlight::new(seq, message, local, names, now_ns, false));
         Ok(())
     }
 
@@ -592,16 +646,9 @@ impl<C: Codec> Front<C> {
         if local.is_none() && message.kind == MessageKind::OneWay {
             h2.oneway_in_flight = h2.oneway_in_flight.saturating_add(1);
         }
-        self.in_flight.push_back(InFlight {
-            seq: stream,
-            message,
-            local,
-            service,
-            method,
-            service_label,
-            method_label,
-            started_ns: now_ns,
-        });
+        let names = [service, method, service_label, method_label];
+        self.in_flight
+            .push_back(InFlight::new(stream, message, local, names, now_ns, false));
         Ok(())
     }
 
@@ -774,16 +821,8 @@ impl<C: Codec> Front<C> {
             stats::bump(sink, stats::REQUESTS, &labels);
             sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", C::PROTOCOL)]), 1);
         }
-        InFlight {
-            seq: 0,
-            message,
-            local,
-            service,
-            method,
-            service_label,
-            method_label,
-            started_ns: now_ns,
-        }
+        let names = [service, method, service_label, method_label];
+        InFlight::new(0, message, local, names, now_ns, false)
     }
 
     /// Writes the answer to request `seq` to `out` now, or holds it until every earlier
@@ -917,6 +956,10 @@ impl<C: Codec> Front<C> {
                 }
                 continue;
             }
+            // Direct answers whose turn has come follow the answer before them.
+            if let Err(e) = self.drain_direct(&mut out, sink) {
+                break Err(e);
+            }
             if rest.is_empty() {
                 break Ok(());
             }
@@ -1005,24 +1048,8 @@ impl<C: Codec> Front<C> {
         sink: &mut dyn Sink,
     ) -> Result<(), Fatal> {
         let protocol = C::PROTOCOL;
-        match request.local {
-            Some(LocalAnswer::Heartbeat) => {
-                stats::bump(
-                    sink,
-                    stats::HEARTBEATS,
-                    &[("protocol", protocol), ("role", "front")],
-                );
-                if let Some(reply) = self.codec.heartbeat_reply(&request.message) {
-                    out.extend_from_slice(&reply);
-                }
-                return Ok(());
-            }
-            Some(LocalAnswer::Error(kind)) => {
-                let detail = "request metadata over the configured limit";
-                self.local_reply(&request, kind, detail, out, sink)?;
-                return Ok(());
-            }
-            None => {}
+        if let Some(answer) = request.local {
+            return self.answer_local(&request, answer, out, sink);
         }
         let labels = [
             ("protocol", protocol),
@@ -1109,6 +1136,46 @@ impl<C: Codec> Front<C> {
                 Ok(())
             }
         }
+    }
+
+    /// The bridge's own answer to a heartbeat or a refused request.
+    fn answer_local(
+        &mut self,
+        request: &InFlight,
+        answer: LocalAnswer,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        match answer {
+            LocalAnswer::Heartbeat => {
+                stats::bump(
+                    sink,
+                    stats::HEARTBEATS,
+                    &[("protocol", C::PROTOCOL), ("role", "front")],
+                );
+                if let Some(reply) = self.codec.heartbeat_reply(&request.message) {
+                    out.extend_from_slice(&reply);
+                }
+                Ok(())
+            }
+            LocalAnswer::Error(kind) => {
+                let detail = "request metadata over the configured limit";
+                self.local_reply(request, kind, detail, out, sink)
+            }
+        }
+    }
+
+    /// Answers the direct requests now at the head of the queue (their turn has come).
+    fn drain_direct(&mut self, out: &mut Vec<u8>, sink: &mut dyn Sink) -> Result<(), Fatal> {
+        while self.in_flight.front().is_some_and(|r| r.direct) {
+            let Some(request) = self.in_flight.pop_front() else {
+                break;
+            };
+            if let Some(answer) = request.local {
+                self.answer_local(&request, answer, out, sink)?;
+            }
+        }
+        Ok(())
     }
 
     fn local_reply(

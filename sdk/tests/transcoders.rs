@@ -664,15 +664,22 @@ fn exchange_passes_the_body_through_and_relays_the_awaited_answer() {
 }
 
 #[test]
-fn exchange_acknowledges_one_way_calls_itself_once_written() {
+fn exchange_acknowledges_a_one_way_call_once_the_server_answered_its_probe() {
     let mut x = exchange();
     let mut sink = Recorder::default();
     x.on_headers(&headers("oneway", 3, &[]), false);
     let frame = lp(3, 3, "m", b"fire");
     let step = x.on_body(&[&frame], true, &mut sink);
-    assert!(step.forward_input, "the call goes to the server");
+    assert!(!step.forward_input && step.response.is_none());
+    assert_eq!(
+        step.to_server,
+        [frame, lp(4, 3, "", b"")].concat(),
+        "the call, then the probe"
+    );
+    let step = x.on_server_data(&[&lp(5, 3, "", b"")], &mut sink);
     let r = step.response.expect("the bridge answers the router");
     assert_eq!(header_of(&r, "x-meltemi-response"), Some("oneway-ack"));
+    assert!(!step.close_server);
 }
 
 #[test]
@@ -788,4 +795,37 @@ fn every_reported_metric_is_in_the_native_catalogue() {
     x.on_server_data(&[&[0, 0, 0, 1, 9]], &mut sink);
     assert!(sink.counters.len() >= 8, "{:?}", sink.counters.keys());
     assert_catalogued(&sink);
+}
+
+/// With `answer_locally` (the native front) heartbeats are answered by the front itself, in
+/// request order, and never reach HCM.
+#[test]
+fn direct_answers_keep_request_order_and_never_reach_hcm() {
+    let mut f = front();
+    f.answer_locally();
+    let mut sink = Recorder::default();
+    // Nothing in flight: the pong is due at once.
+    let http = f.on_client_bytes(&lp(4, 1, "", b""), 0, &mut sink).unwrap();
+    assert!(http.is_empty(), "no request for HCM");
+    assert_eq!(f.take_direct(), lp(5, 1, "", b""));
+    // A call, a heartbeat behind it, another call: HCM gets the two calls only, and the pong
+    // goes out right after the first call's answer.
+    let stream = [lp(1, 2, "a", b"x"), lp(4, 3, "", b""), lp(1, 4, "b", b"y")].concat();
+    let http = f.on_client_bytes(&stream, 0, &mut sink).unwrap();
+    let reqs = requests(&http);
+    assert_eq!(reqs.len(), 2, "the heartbeat is not sent to HCM");
+    assert!(reqs
+        .iter()
+        .all(|r| r.header("x-meltemi-kind") == Some("request")));
+    assert!(
+        f.take_direct().is_empty(),
+        "the pong waits for the call before it"
+    );
+    let (first, frame_a) = answer(&reqs[0]);
+    let out = f.on_hcm_data(&first, 0, &mut sink).unwrap();
+    assert_eq!(out, [frame_a, lp(5, 3, "", b"")].concat());
+    let (second, frame_b) = answer(&reqs[1]);
+    assert_eq!(f.on_hcm_data(&second, 0, &mut sink).unwrap(), frame_b);
+    assert_eq!(f.in_flight(), 0);
+    assert_eq!(sink.total(stats::HEARTBEATS, &[("role", "front")]), 2);
 }

@@ -172,12 +172,16 @@ pub unsafe fn encode_trailers<C: Codec>(envoy: EnvoyPtr, bridge: *mut c_void) {
 ///
 /// # Safety
 /// As [`drive`].
-pub unsafe fn on_upstream_data<C: Codec>(envoy: EnvoyPtr, bridge: *mut c_void, _end: bool) {
+pub unsafe fn on_upstream_data<C: Codec>(envoy: EnvoyPtr, bridge: *mut c_void, end: bool) {
     let chunks = Upstream(envoy).response_chunks();
     // SAFETY: guaranteed by the caller.
     unsafe {
         drive::<C>(envoy, bridge, &chunks, |exchange, slices, sink| {
-            exchange.on_server_data(slices, sink)
+            let step = exchange.on_server_data(slices, sink);
+            if end && step.response.is_none() {
+                return exchange.on_server_closed();
+            }
+            step
         })
     }
 }

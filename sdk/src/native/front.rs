@@ -9,6 +9,9 @@
 //! everything, one at a time (data injected outside a read event reaches HCM in a buffer of its
 //! own, so nothing may be left unconsumed in it).
 //!
+//! Heartbeats and refusals are answered by the front itself and written to the client directly
+//! (no detour through HCM's `meltemi.local` virtual host), in request order.
+//!
 //! Envoy runs this filter's write hook synchronously inside our own calls that write or inject
 //! (HCM may answer at once). State lives in a `RefCell` reached through a shared reference, and
 //! no borrow is held across those calls.
@@ -35,6 +38,9 @@ pub struct Filter<C: Codec> {
     state: RefCell<State<C>>,
     /// Created on first use, deleted with the filter.
     scheduler: Cell<EnvoyPtr>,
+    /// Set while the glue writes the front's own answers to the client: Envoy runs this
+    /// filter's write hook inside that write, which must pass them on untouched.
+    writing_direct: Cell<bool>,
 }
 
 /// `config_new`: parses the same JSON as the wasm front's plugin configuration.
@@ -83,12 +89,18 @@ pub unsafe fn filter_new<C: Codec>(config: *const c_void, _envoy: EnvoyPtr) -> *
     // SAFETY: guaranteed by the caller.
     let module = unsafe { &*(config as *const ModuleConfig<C>) };
     let state = match worker_config(module) {
-        Some(config) => State::Open(Box::new(Front::with_shared(config, worker_shared(module)))),
+        Some(config) => {
+            let mut front = Front::with_shared(config, worker_shared(module));
+            // This glue can write to the client: no detour through HCM's `meltemi.local`.
+            front.answer_locally();
+            State::Open(Box::new(front))
+        }
         None => State::Closed,
     };
     Box::into_raw(Box::new(Filter::<C> {
         state: RefCell::new(state),
         scheduler: Cell::new(std::ptr::null_mut()),
+        writing_direct: Cell::new(false),
     })) as *mut c_void
 }
 
@@ -235,12 +247,20 @@ unsafe fn hook<C: Codec>(
     let conn = Connection(envoy);
     // SAFETY: guaranteed by the caller.
     let filter = unsafe { filter_ref::<C>(filter) };
+    if !read_side && filter.writing_direct.get() {
+        return NETWORK_CONTINUE;
+    }
     contain(
         || {
             let mut sink = NativeSink::default();
+            let mut direct = Vec::new();
             let result = match filter.state.try_borrow_mut() {
                 Ok(mut state) => match &mut *state {
-                    State::Open(front) => body(front, conn, &mut sink),
+                    State::Open(front) => {
+                        let r = body(front, conn, &mut sink);
+                        direct = front.take_direct();
+                        r
+                    }
                     State::Closed if read_side => {
                         conn.drain_read(total(&conn.read_chunks()));
                         Ok(())
@@ -252,11 +272,22 @@ unsafe fn hook<C: Codec>(
                 Err(_) => Ok(()),
             };
             match result {
-                Ok(()) => filter.kick_if_idle(conn),
+                Ok(()) => {
+                    if !direct.is_empty() {
+                        // No borrow is held: Envoy runs our write hook inside the write.
+                        filter.writing_direct.set(true);
+                        conn.write(&direct);
+                        filter.writing_direct.set(false);
+                    }
+                    filter.kick_if_idle(conn);
+                }
                 Err(fatal) => filter.fail(conn, fatal, read_side),
             }
         },
-        || conn.close(),
+        || {
+            filter.writing_direct.set(false);
+            conn.close()
+        },
     );
     NETWORK_CONTINUE
 }
@@ -302,13 +333,16 @@ pub unsafe fn on_scheduled<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) {
     contain(
         || {
             let mut sink = NativeSink::default();
+            let mut direct = Vec::new();
             let handed = match filter.state.try_borrow_mut() {
                 Ok(mut state) => match &mut *state {
                     State::Open(front) if front.wants_kick() && front.is_http2() => {
                         front.on_client_bytes(&[], now_ns(), &mut sink)
                     }
                     State::Open(front) if front.wants_kick() && front.in_flight() == 0 => {
-                        front.hand_one(now_ns(), &mut sink)
+                        let handed = front.hand_one(now_ns(), &mut sink);
+                        direct = front.take_direct();
+                        handed
                     }
                     _ => Ok(Vec::new()),
                 },
@@ -316,9 +350,19 @@ pub unsafe fn on_scheduled<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) {
             };
             drop(sink);
             match handed {
-                // No borrow is held: HCM may answer inside this call.
-                Ok(http) if !http.is_empty() => conn.inject_read(&http),
-                Ok(_) => {}
+                // No borrow is held: HCM may answer inside these calls.
+                Ok(http) => {
+                    if !direct.is_empty() {
+                        filter.writing_direct.set(true);
+                        conn.write(&direct);
+                        filter.writing_direct.set(false);
+                    }
+                    if !http.is_empty() {
+                        conn.inject_read(&http);
+                    }
+                    // A request answered here leaves the next waiting ones to the next turn.
+                    filter.kick_if_idle(conn);
+                }
                 Err(fatal) => filter.fail(conn, fatal, true),
             }
         },
