@@ -183,7 +183,7 @@ fn inline_routes(listener: &Value, resources: &Resources) -> Result<Value, Strin
                         .ok_or_else(|| format!("route configuration {name} missing"))?;
                     if let Some(obj) = tc.as_object_mut() {
                         obj.remove("rds");
-                        obj.insert("route_config".into(), rc.clone());
+                        obj.insert("route_config".into(), Value::clone(rc));
                     }
                 }
             }
@@ -202,7 +202,7 @@ fn inline_endpoints(cluster: &Value, resources: &Resources) -> Value {
             let la = resources
                 .endpoints
                 .get(&name)
-                .cloned()
+                .map(|la| Value::clone(la))
                 .unwrap_or_else(|| json!({"cluster_name": name}));
             obj.insert("load_assignment".into(), la);
         }
