@@ -20,8 +20,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::model::{
-    port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, Object, ServiceEntrySpec,
-    ServicePort, TrafficPolicy,
+    port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, MetaRouterSpec, Object,
+    ServiceEntrySpec, ServicePort, Shared, TrafficPolicy,
 };
 use crate::template::{self, Build, Module, BUFFER_LIMIT};
 use crate::validate::header_name;
@@ -153,6 +153,9 @@ struct Service<'a> {
     se: &'a Object<ServiceEntrySpec>,
     dr: Option<&'a DestinationRuleSpec>,
     routes: Option<&'a [MetaRoute]>,
+    se_shared: &'a Shared<ServiceEntrySpec>,
+    dr_shared: Option<&'a Shared<DestinationRuleSpec>>,
+    router_shared: Option<&'a Shared<MetaRouterSpec>>,
 }
 
 /// Everything one port's translation reads, borrowed from the inputs: when it equals the
@@ -166,14 +169,16 @@ struct PortKeyRef<'a> {
 struct SvcKeyRef<'a> {
     host: &'a str,
     port: &'a ServicePort,
-    se: &'a ServiceEntrySpec,
-    dr: Option<&'a DestinationRuleSpec>,
-    routes: Option<&'a [MetaRoute]>,
+    se: &'a Shared<ServiceEntrySpec>,
+    dr: Option<&'a Shared<DestinationRuleSpec>>,
+    router: Option<&'a Shared<MetaRouterSpec>>,
     /// DestinationRules of the hosts the routes send to (their hash policies are read).
-    referenced: BTreeMap<&'a str, Option<&'a DestinationRuleSpec>>,
+    referenced: BTreeMap<&'a str, Option<&'a Shared<DestinationRuleSpec>>>,
 }
 
-/// Owned copy of a [`PortKeyRef`], kept with the port's cached resources.
+/// Owned copy of a [`PortKeyRef`], kept with the port's cached resources. It holds the
+/// inputs' shared objects: an unchanged file's objects are the same allocations, so the
+/// comparison is mostly pointer equality.
 #[derive(Debug)]
 struct PortKey {
     protocol: String,
@@ -185,10 +190,23 @@ struct PortKey {
 struct SvcKey {
     host: String,
     port: ServicePort,
-    se: ServiceEntrySpec,
-    dr: Option<DestinationRuleSpec>,
-    routes: Option<Vec<MetaRoute>>,
-    referenced: BTreeMap<String, Option<DestinationRuleSpec>>,
+    se: Shared<ServiceEntrySpec>,
+    dr: Option<Shared<DestinationRuleSpec>>,
+    router: Option<Shared<MetaRouterSpec>>,
+    referenced: BTreeMap<String, Option<Shared<DestinationRuleSpec>>>,
+}
+
+/// The same object, or one with the same spec (what translation reads of it).
+fn same<T: PartialEq>(a: &Shared<T>, b: &Shared<T>) -> bool {
+    Arc::ptr_eq(a, b) || a.spec == b.spec
+}
+
+fn same_opt<T: PartialEq>(a: Option<&Shared<T>>, b: Option<&Shared<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 impl PortKeyRef<'_> {
@@ -199,14 +217,14 @@ impl PortKeyRef<'_> {
             && self.services.iter().zip(&k.services).all(|(r, k)| {
                 r.host == k.host
                     && *r.port == k.port
-                    && *r.se == k.se
-                    && r.dr == k.dr.as_ref()
-                    && r.routes == k.routes.as_deref()
+                    && same(r.se, &k.se)
+                    && same_opt(r.dr, k.dr.as_ref())
+                    && same_opt(r.router, k.router.as_ref())
                     && r.referenced.len() == k.referenced.len()
                     && r.referenced
                         .iter()
                         .zip(&k.referenced)
-                        .all(|((h, d), (kh, kd))| h == kh && *d == kd.as_ref())
+                        .all(|((h, d), (kh, kd))| h == kh && same_opt(*d, kd.as_ref()))
             })
     }
 
@@ -220,9 +238,9 @@ impl PortKeyRef<'_> {
                 .map(|s| SvcKey {
                     host: s.host.to_owned(),
                     port: s.port.clone(),
-                    se: s.se.clone(),
+                    se: Arc::clone(s.se),
                     dr: s.dr.cloned(),
-                    routes: s.routes.map(<[MetaRoute]>::to_vec),
+                    router: s.router.cloned(),
                     referenced: s
                         .referenced
                         .iter()
@@ -280,15 +298,17 @@ pub fn translate_cached(
         )));
     }
     let mut out = Resources::default();
-    let drs: BTreeMap<&str, &DestinationRuleSpec> = inputs
+    let shared_drs: BTreeMap<&str, &Shared<DestinationRuleSpec>> = inputs
         .destination_rules
         .iter()
-        .map(|d| (d.spec.host.as_str(), &d.spec))
+        .map(|d| (d.spec.host.as_str(), d))
         .collect();
-    let routers: BTreeMap<&str, &[MetaRoute]> = inputs
+    let drs: BTreeMap<&str, &DestinationRuleSpec> =
+        shared_drs.iter().map(|(h, d)| (*h, &d.spec)).collect();
+    let routers: BTreeMap<&str, &Shared<MetaRouterSpec>> = inputs
         .routers
         .iter()
-        .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r.spec.routes.as_slice())))
+        .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r)))
         .collect();
 
     // port → (protocol, services on it)
@@ -311,7 +331,10 @@ pub fn translate_cached(
                     service_port: port,
                     se,
                     dr: drs.get(host.as_str()).copied(),
-                    routes: routers.get(host.as_str()).copied(),
+                    routes: routers.get(host.as_str()).map(|r| r.spec.routes.as_slice()),
+                    se_shared: se,
+                    dr_shared: shared_drs.get(host.as_str()).copied(),
+                    router_shared: routers.get(host.as_str()).copied(),
                 });
             }
         }
@@ -342,15 +365,15 @@ pub fn translate_cached(
                 .map(|s| SvcKeyRef {
                     host: s.host,
                     port: s.service_port,
-                    se: &s.se.spec,
-                    dr: s.dr,
-                    routes: s.routes,
+                    se: s.se_shared,
+                    dr: s.dr_shared,
+                    router: s.router_shared,
                     referenced: s
                         .routes
                         .into_iter()
                         .flatten()
                         .flat_map(|r| r.route.iter().map(|d| &d.destination).chain(&r.mirror))
-                        .map(|d| (d.host.as_str(), drs.get(d.host.as_str()).copied()))
+                        .map(|d| (d.host.as_str(), shared_drs.get(d.host.as_str()).copied()))
                         .collect(),
                 })
                 .collect(),
@@ -1313,12 +1336,6 @@ mod scale {
         let translated = t.elapsed();
         let s2 = crate::xds::Snapshot::update(&r2, t, Some(&snapshot)).unwrap();
         let encoded = t.elapsed();
-        if std::env::var("PROFILE_LOOP").is_ok() {
-            for _ in 0..100 {
-                let r3 = translate_cached(&inputs, &options(), &mut cache).unwrap();
-                crate::xds::Snapshot::update(&r3, t, Some(&s2)).unwrap();
-            }
-        }
         assert_eq!(cache.translated, 1, "only the changed service's port");
         assert_eq!(
             r2,

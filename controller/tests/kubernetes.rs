@@ -127,9 +127,9 @@ impl Drop for FakeApi {
 /// `/apis/G/V[/namespaces/NS]/PLURAL` or `/api/v1[/namespaces/NS]/PLURAL` → (namespace, plural).
 fn route(path: &str) -> Option<(Option<String>, String)> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let rest = match parts.first()? {
-        &"apis" => parts.get(3..)?,
-        &"api" => parts.get(2..)?,
+    let rest = match *parts.first()? {
+        "apis" => parts.get(3..)?,
+        "api" => parts.get(2..)?,
         _ => return None,
     };
     match rest {
