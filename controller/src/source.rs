@@ -343,7 +343,7 @@ impl Pipeline {
             .map_err(|e| Rejected::Fatal(e.0))?;
         let translated = t.elapsed();
         let snapshot =
-            Snapshot::update(&resources, changed_at, previous).map_err(Rejected::Fatal)?;
+            Snapshot::update(resources, changed_at, previous).map_err(Rejected::Fatal)?;
         let encoded = t.elapsed();
         Ok((
             snapshot,

@@ -270,25 +270,55 @@ struct PortOutput {
 pub struct Cache {
     options: Option<Options>,
     ports: BTreeMap<u32, (PortKey, Arc<PortOutput>)>,
+    /// Every port's resources plus the module clusters, updated in place port by port, so
+    /// that a change costs its ports, not a rebuild of 16,000 map entries.
+    resources: Resources,
+    /// Names of the module-fetch clusters in `resources`.
+    module_clusters: BTreeSet<String>,
     /// Ports translated by the last call (the others came from the cache).
     pub translated: usize,
+}
+
+impl Cache {
+    /// Takes `output`'s resources out of (`add == false`) or into the merged resources.
+    fn apply(&mut self, output: &PortOutput, add: bool) {
+        for (map, items) in [
+            (&mut self.resources.listeners, &output.listeners),
+            (&mut self.resources.routes, &output.routes),
+            (&mut self.resources.clusters, &output.clusters),
+            (&mut self.resources.endpoints, &output.endpoints),
+        ] {
+            for (name, value) in items {
+                if add {
+                    map.insert(name.clone(), Arc::clone(value));
+                } else {
+                    map.remove(name);
+                }
+            }
+        }
+    }
 }
 
 /// Translates validated inputs. Call [`crate::validate::validate`] first: inputs it rejects
 /// may translate to resources Envoy refuses.
 pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error> {
-    translate_cached(inputs, options, &mut Cache::default())
+    let mut cache = Cache::default();
+    translate_cached(inputs, options, &mut cache)?;
+    Ok(std::mem::take(&mut cache.resources))
 }
 
 /// [`translate`], re-using `cache`'s resources for every port whose inputs are unchanged.
-pub fn translate_cached(
+/// The result is the cache's own (merged, updated in place).
+pub fn translate_cached<'c>(
     inputs: &Inputs,
     options: &Options,
-    cache: &mut Cache,
-) -> Result<Resources, Error> {
+    cache: &'c mut Cache,
+) -> Result<&'c Resources, Error> {
     if cache.options.as_ref() != Some(options) {
-        cache.ports.clear();
-        cache.options = Some(options.clone());
+        *cache = Cache {
+            options: Some(options.clone()),
+            ..Cache::default()
+        };
     }
     cache.translated = 0;
     if options.target == Target::Istio && options.build != Build::Wasm {
@@ -297,7 +327,6 @@ pub fn translate_cached(
             options.build
         )));
     }
-    let mut out = Resources::default();
     let shared_drs: BTreeMap<&str, &Shared<DestinationRuleSpec>> = inputs
         .destination_rules
         .iter()
@@ -341,7 +370,6 @@ pub fn translate_cached(
     }
 
     let mut remote_urls = BTreeSet::new();
-    let mut outputs: Vec<Arc<PortOutput>> = Vec::with_capacity(by_port.len());
     for (port, (protocol, services)) in &by_port {
         let module = options.modules.get(*protocol).ok_or_else(|| {
             Error(format!(
@@ -378,44 +406,41 @@ pub fn translate_cached(
                 })
                 .collect(),
         };
-        let output = match cache.ports.get(port) {
-            Some((cached, output)) if key.same_as(cached) => Arc::clone(output),
-            _ => {
-                cache.translated += 1;
-                let output = Arc::new(translate_port(
-                    options, *port, protocol, module, services, &drs,
-                ));
-                cache
-                    .ports
-                    .insert(*port, (key.to_owned(), Arc::clone(&output)));
-                output
-            }
-        };
-        outputs.push(output);
+        if matches!(cache.ports.get(port), Some((cached, _)) if key.same_as(cached)) {
+            continue;
+        }
+        cache.translated += 1;
+        let output = Arc::new(translate_port(
+            options, *port, protocol, module, services, &drs,
+        ));
+        if let Some((_, old)) = cache.ports.remove(port) {
+            cache.apply(&old, false);
+        }
+        cache.apply(&output, true);
+        cache.ports.insert(*port, (key.to_owned(), output));
     }
-    // Collected, then sorted once (runs per port: cheap), rather than inserted one by one.
-    for (map, pick) in [
-        (
-            &mut out.listeners,
-            (|o| &o.listeners) as fn(&PortOutput) -> &Vec<(String, Json)>,
-        ),
-        (&mut out.routes, |o| &o.routes),
-        (&mut out.clusters, |o| &o.clusters),
-        (&mut out.endpoints, |o| &o.endpoints),
-    ] {
-        *map = outputs
-            .iter()
-            .flat_map(|o| pick(o).iter())
-            .map(|(name, value)| (name.clone(), Arc::clone(value)))
-            .collect();
-    }
-    cache.ports.retain(|port, _| by_port.contains_key(port));
-    for url in remote_urls {
-        if let Some(c) = template::module_cluster(&url) {
-            out.clusters.insert(name_of(&c), Arc::new(c));
+    let gone: Vec<u32> = cache
+        .ports
+        .keys()
+        .filter(|p| !by_port.contains_key(p))
+        .copied()
+        .collect();
+    for port in gone {
+        if let Some((_, old)) = cache.ports.remove(&port) {
+            cache.apply(&old, false);
         }
     }
-    Ok(out)
+    for name in std::mem::take(&mut cache.module_clusters) {
+        cache.resources.clusters.remove(&name);
+    }
+    for url in remote_urls {
+        if let Some(c) = template::module_cluster(&url) {
+            let name = name_of(&c);
+            cache.module_clusters.insert(name.clone());
+            cache.resources.clusters.insert(name, Arc::new(c));
+        }
+    }
+    Ok(&cache.resources)
 }
 
 /// The resources of one port, as plain JSON while being built.
@@ -1179,6 +1204,37 @@ spec:
     }
 
     #[test]
+    fn the_cache_follows_ports_that_come_change_and_go() {
+        let mut cache = Cache::default();
+        let demo = inputs(DEMO);
+        let mut o = options();
+        let full = translate_cached(&demo, &o, &mut cache).unwrap().clone();
+        assert_eq!(full, translate(&demo, &o).unwrap());
+        // The module fetched from a URL: a module cluster appears, then goes again.
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.source = ModuleSource::Remote {
+                url: "https://m.example/minirpc.wasm".into(),
+                sha256: "ab".repeat(32),
+            };
+        }
+        let remote = translate_cached(&demo, &o, &mut cache).unwrap().clone();
+        assert!(remote.clusters.contains_key("meltemi_module|m.example|443"));
+        assert_eq!(remote, translate(&demo, &o).unwrap());
+        // Without the ServiceEntry, its port and every resource of it are gone.
+        let mut none = demo.clone();
+        none.service_entries.clear();
+        none.routers.clear();
+        let empty = translate_cached(&none, &o, &mut cache).unwrap().clone();
+        assert_eq!(empty, translate(&none, &o).unwrap());
+        assert!(empty.listeners.is_empty() && empty.routes.is_empty());
+        assert_eq!(
+            translate_cached(&demo, &o, &mut cache).unwrap(),
+            &translate(&demo, &o).unwrap()
+        );
+        assert_eq!(cache.translated, 1);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration("250ms").as_deref(), Some("0.25s"));
         assert_eq!(duration("2m").as_deref(), Some("120s"));
@@ -1301,7 +1357,9 @@ mod scale {
         assert!(problems.is_empty(), "{:?}", problems.first());
         let validated = t.elapsed();
         let mut cache = Cache::default();
-        let r = translate_cached(&inputs, &options(), &mut cache).unwrap();
+        let r = translate_cached(&inputs, &options(), &mut cache)
+            .unwrap()
+            .clone();
         assert_eq!(cache.translated, 1000);
         let translated = t.elapsed();
         let snapshot = crate::xds::Snapshot::new(&r, t).unwrap();
@@ -1334,8 +1392,9 @@ mod scale {
         let t = std::time::Instant::now();
         let r2 = translate_cached(&inputs, &options(), &mut cache).unwrap();
         let translated = t.elapsed();
-        let s2 = crate::xds::Snapshot::update(&r2, t, Some(&snapshot)).unwrap();
+        let s2 = crate::xds::Snapshot::update(r2, t, Some(&snapshot)).unwrap();
         let encoded = t.elapsed();
+        let r2 = r2.clone();
         assert_eq!(cache.translated, 1, "only the changed service's port");
         assert_eq!(
             r2,
