@@ -271,12 +271,17 @@ fn one_change_among_a_thousand_services_reaches_envoy() {
     assert!(out.status.success());
     drop(held);
     let started = Instant::now();
-    let envoy = Envoy::start(&dir, &String::from_utf8_lossy(&out.stdout), admin);
+    let mut envoy = Envoy::start(&dir, &String::from_utf8_lossy(&out.stdout), admin);
     // The measured services: spread over the set.
     let measured: Vec<usize> = (0..CHANGES).map(|c| c * n / CHANGES).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     for &i in &measured {
         while rds_updates(&envoy, ports[i]) < 1 {
+            assert!(
+                envoy.child.try_wait().ok().flatten().is_none(),
+                "Envoy exited:\n{}",
+                envoy.log()
+            );
             assert!(
                 Instant::now() < deadline,
                 "Envoy has no routes for svc{i} after 300 s:\n{}",
