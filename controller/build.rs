@@ -14,6 +14,8 @@ const ROOTS: &[&str] = &[
     "envoy/config/endpoint/v3/endpoint.proto",
     "envoy/service/discovery/v3/discovery.proto",
     "envoy/extensions/filters/network/wasm/v3/wasm.proto",
+    "envoy/extensions/filters/network/dynamic_modules/v3/dynamic_modules.proto",
+    "envoy/extensions/upstreams/http/dynamic_modules/v3/dynamic_modules.proto",
     "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
     "envoy/extensions/filters/http/buffer/v3/buffer.proto",

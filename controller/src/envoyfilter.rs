@@ -213,7 +213,7 @@ pub fn envoy_filters(
         .listeners
         .values()
         .filter(|l| l.get("internal_listener").is_some())
-        .cloned()
+        .map(|l| Value::clone(l))
         .collect();
     if options.contexts.contains(&Context::SidecarInbound) {
         for (_, t, protocol, module) in inbound {

@@ -61,21 +61,27 @@ pub struct Loaded {
     pub problems: Vec<Problem>,
 }
 
+/// Whether the loader reads `path` (by name only): `*.yaml`, `*.yml`, `*.json`, not hidden.
+pub fn is_config_file(path: &Path) -> bool {
+    let wanted = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+    // Editors write `.name.swp`, `name~`, tools `.name.tmp` before a rename: hidden files are
+    // not configuration.
+    let hidden = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'));
+    wanted && !hidden
+}
+
 /// The files the loader reads from `dir`, sorted.
 pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let wanted = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-        // Editors write `.name.swp`, `name~`: hidden files are not configuration.
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if wanted && !hidden && path.is_file() {
+        if is_config_file(&path) && path.is_file() {
             out.push(path);
         }
     }
@@ -129,6 +135,16 @@ pub fn load_text(file: &str, text: &str, loaded: &mut Loaded) {
         };
         load_document(source, doc, loaded);
     }
+}
+
+/// Loads one object that did not come from a file (the Kubernetes source): problems name
+/// `origin`, the resource (`Kind namespace/name`) and the field.
+pub fn load_object(origin: &str, doc: Value, loaded: &mut Loaded) {
+    let source = Source {
+        file: origin.to_owned(),
+        document: 0,
+    };
+    load_document(source, doc, loaded);
 }
 
 fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
@@ -209,15 +225,16 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);
             for svc in services {
+                let svc = std::sync::Arc::unwrap_or_clone(svc);
                 let ns = svc.namespace().to_owned();
                 let spec = svc.spec.to_service_entry(&svc.meta.name, &ns);
                 // A Service without Meltemi ports is not ours: list it as skipped.
                 if spec.ports.iter().any(|p| port_protocol(&p.name).is_some()) {
-                    inputs.service_entries.push(Object {
+                    inputs.service_entries.push(std::sync::Arc::new(Object {
                         meta: svc.meta,
                         spec,
                         source: svc.source,
-                    });
+                    }));
                 } else {
                     loaded.skipped.push(Skipped {
                         source: svc.source,
@@ -241,7 +258,7 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
 }
 
 fn push<T: DeserializeOwned + Default>(
-    out: &mut Vec<Object<T>>,
+    out: &mut Vec<crate::model::Shared<T>>,
     api: &str,
     kind: &str,
     meta: ObjectMeta,
@@ -288,7 +305,7 @@ fn push<T: DeserializeOwned + Default>(
             }
         }
     };
-    out.push(Object { meta, spec, source });
+    out.push(std::sync::Arc::new(Object { meta, spec, source }));
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! work is done in the library modules, this file only parses flags, prints and sets exit codes.
 
 mod envoyfilter;
+mod kubernetes;
 mod load;
 mod model;
 mod proto;
@@ -29,7 +30,8 @@ Examples:
   meltemi-controller envoyfilter --dir config/ --xds meltemi.istio-system.svc:18000 \\
       --module thrift=https://example.com/thrift.wasm,sha256=<hex> > envoyfilters.yaml
   meltemi-controller serve --dir config/ --listen 127.0.0.1:18000 \\
-      --module dubbo=https://example.com/dubbo.wasm,sha256=<hex>";
+      --module dubbo=https://example.com/dubbo.wasm,sha256=<hex>
+  meltemi-controller serve --kubernetes -n meta --listen 0.0.0.0:18000 --module thrift=...";
 
 /// Meltemi's control plane: Aeraki MetaRouter / ApplicationProtocol and Istio ServiceEntry /
 /// DestinationRule in, Envoy configuration and live route updates out.
@@ -119,11 +121,22 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Serve the directory over ADS (LDS, RDS, CDS, EDS), re-validated on every change.
+    /// Serve the directory (or the Kubernetes cluster) over ADS (LDS, RDS, CDS, EDS),
+    /// re-validated on every change.
     Serve {
         /// Directory of YAML/JSON files (watched).
+        #[arg(
+            long,
+            required_unless_present = "kubernetes",
+            conflicts_with = "kubernetes"
+        )]
+        dir: Option<PathBuf>,
+        /// Read the resources from Kubernetes instead (list + watch through kube-rs; the
+        /// client is configured from $KUBECONFIG, ~/.kube/config or the in-cluster service
+        /// account). With -n, only that namespace is watched (ApplicationProtocols are
+        /// cluster-wide).
         #[arg(long)]
-        dir: PathBuf,
+        kubernetes: bool,
         /// Address of the gRPC xDS server.
         #[arg(long, default_value = "127.0.0.1:18000")]
         listen: std::net::SocketAddr,
@@ -161,6 +174,15 @@ struct Common {
     /// PROTOCOL='{"limits": {"max_frame_bytes": 4194304}, "codec": {...}}'.
     #[arg(long = "filter-config", value_name = "PROTOCOL=JSON")]
     filter_configs: Vec<String>,
+    /// Dynamic module per protocol, for the native and mix builds: PROTOCOL=NAME (Envoy loads
+    /// $ENVOY_DYNAMIC_MODULES_SEARCH_PATH/libNAME.so), PROTOCOL=/path/libx.so, or
+    /// PROTOCOL=URL,sha256=HEX.
+    #[arg(long = "native-module", value_name = "PROTOCOL=SOURCE")]
+    native_modules: Vec<String>,
+    /// Data path: `wasm` (proxy-wasm front and back), `native` (dynamic-module front and
+    /// back), `mix` (wasm front, dynamic-module back on the destination clusters).
+    #[arg(long, value_enum, default_value_t = BuildArg::Wasm)]
+    build: BuildArg,
     /// What Envoy does when a module fails.
     #[arg(long, value_enum, default_value_t = Policy::Closed)]
     failure_policy: Policy,
@@ -170,6 +192,13 @@ struct Common {
     /// Namespace of resources that name none, as `kubectl apply -n` (default: `default`).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BuildArg {
+    Wasm,
+    Native,
+    Mix,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -207,6 +236,7 @@ fn parse_module(spec: &str, policy: FailurePolicy) -> Result<(String, Module), S
         protocol.to_owned(),
         Module {
             source,
+            native: None,
             failure_policy: policy,
             config: Default::default(),
         },
@@ -225,6 +255,19 @@ impl Common {
             .iter()
             .map(|m| parse_module(m, policy))
             .collect::<Result<_, _>>()?;
+        for spec in &self.native_modules {
+            let (protocol, native) = parse_module(spec, policy)?;
+            modules
+                .entry(protocol)
+                .or_insert_with(|| Module {
+                    // No wasm: only a native build can run it (translation says so).
+                    source: ModuleSource::Local(String::new()),
+                    native: None,
+                    failure_policy: policy,
+                    config: Default::default(),
+                })
+                .native = Some(native.source);
+        }
         for fc in &self.filter_configs {
             let (protocol, json) = fc
                 .split_once('=')
@@ -238,7 +281,11 @@ impl Common {
         Ok(translate::Options {
             modules,
             bind: self.bind.clone(),
-            build: Build::Wasm,
+            build: match self.build {
+                BuildArg::Wasm => Build::Wasm,
+                BuildArg::Native => Build::Native,
+                BuildArg::Mix => Build::Mix,
+            },
             namespace: self.namespace.clone(),
             target: translate::Target::Envoy,
         })
@@ -331,6 +378,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
         ),
         Command::Serve {
             dir,
+            kubernetes,
             listen,
             istio,
             tls_cert,
@@ -348,7 +396,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            runtime.block_on(serve(dir, listen, options, tls))
+            let source = match (dir, kubernetes) {
+                (Some(dir), false) => Source::Dir(dir),
+                _ => Source::Kubernetes,
+            };
+            runtime.block_on(serve(source, listen, options, tls))
         }
     }
 }
@@ -434,6 +486,7 @@ fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
     for p in validate::known_protocols(&loaded.inputs) {
         options.modules.entry(p.clone()).or_insert(Module {
             source: ModuleSource::Local(format!("<{p}.wasm>")),
+            native: Some(ModuleSource::Local(format!("<{p}>"))),
             failure_policy: FailurePolicy::Closed,
             config: Default::default(),
         });
@@ -510,16 +563,41 @@ fn server_tls(
     Ok(Some(tls))
 }
 
+/// Where `serve` reads resources from.
+enum Source {
+    Dir(PathBuf),
+    Kubernetes,
+}
+
 async fn serve(
-    dir: PathBuf,
+    source: Source,
     listen: std::net::SocketAddr,
     options: translate::Options,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<ExitCode, String> {
     let started = Instant::now();
-    let first = source::snapshot(&dir, &options, started, None).map_err(|e| e.to_string())?;
+    let namespace = options.namespace.clone();
+    let mut pipeline = source::Pipeline::new(options);
+    let mut kube = None;
+    match &source {
+        Source::Dir(dir) => {
+            pipeline.refresh_dir(dir, None)?;
+        }
+        Source::Kubernetes => {
+            let client = kubernetes::client().await?;
+            let mut k = kubernetes::Source::new(client, namespace.as_deref());
+            k.initial(&mut pipeline).await?;
+            kube = Some(k);
+        }
+    }
+    let (first, _) = pipeline
+        .snapshot(started, None)
+        .map_err(|e| e.to_string())?;
     tracing::info!(
-        dir = %dir.display(),
+        source = match &source {
+            Source::Dir(dir) => dir.display().to_string(),
+            Source::Kubernetes => "kubernetes".to_owned(),
+        },
         versions = %first.versions(),
         translate_ms = started.elapsed().as_secs_f64() * 1000.0,
         "configuration loaded"
@@ -544,7 +622,13 @@ async fn serve(
         });
     tokio::select! {
         r = server => r.map_err(|e| e.to_string())?,
-        r = source::watch_dir(dir, options, tx) => r?,
+        r = async {
+            match (source, kube) {
+                (Source::Dir(dir), _) => source::watch_dir(dir, pipeline, tx).await,
+                (Source::Kubernetes, Some(k)) => k.follow(pipeline, tx).await,
+                (Source::Kubernetes, None) => Err("no Kubernetes source".into()),
+            }
+        } => r?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,13 +44,19 @@ pub struct Object<T> {
 pub struct Source {
     /// File path as given.
     pub file: String,
-    /// 1-based index of the document inside the file.
+    /// 1-based index of the document inside the file; 0 for the file as a whole or for an
+    /// object of the Kubernetes source.
     pub document: usize,
 }
 
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (document {})", self.file, self.document)
+        // Document 0: the whole file, or an object that did not come from a file.
+        if self.document == 0 {
+            f.write_str(&self.file)
+        } else {
+            write!(f, "{} (document {})", self.file, self.document)
+        }
     }
 }
 
@@ -464,17 +470,21 @@ impl KubeServiceSpec {
     }
 }
 
+/// A loaded resource, shared: the pipeline assembles every change's inputs from the
+/// unchanged origins' objects without copying them.
+pub type Shared<T> = std::sync::Arc<Object<T>>;
+
 /// Everything loaded from a source.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {
     /// `ApplicationProtocol`s.
-    pub protocols: Vec<Object<ApplicationProtocolSpec>>,
+    pub protocols: Vec<Shared<ApplicationProtocolSpec>>,
     /// `MetaRouter`s.
-    pub routers: Vec<Object<MetaRouterSpec>>,
+    pub routers: Vec<Shared<MetaRouterSpec>>,
     /// `ServiceEntry`s.
-    pub service_entries: Vec<Object<ServiceEntrySpec>>,
+    pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     /// `DestinationRule`s.
-    pub destination_rules: Vec<Object<DestinationRuleSpec>>,
+    pub destination_rules: Vec<Shared<DestinationRuleSpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

@@ -1,9 +1,11 @@
 //! The per-build listener and cluster templates: the only place that knows how a codec module is
 //! plugged into Envoy. Translation decides *what* exists (listeners, destinations, routes);
-//! these functions decide *how* the bridge runs it. Today there is the wasm build (proxy-wasm
-//! network filters on the front listener and on one internal listener per destination); a
-//! native (dynamic-module) build adds its variant of [`front_filter`], [`back_listener`] and
-//! [`bridge_cluster`] here, selected by [`Build`], without touching routes.
+//! these functions decide *how* the bridge runs it, per [`Build`], without touching routes:
+//! - wasm: proxy-wasm network filters on the front listener and on one internal listener per
+//!   destination (`back_listener`, reached through `bridge_cluster`);
+//! - native: the dynamic module's network filter `front` before HCM, and its upstream HTTP→TCP
+//!   bridge `back` as the destination cluster's `upstream_config` (no internal listener hop);
+//! - mix: the wasm front with the native back.
 
 use serde_json::{json, Value};
 
@@ -17,6 +19,23 @@ pub enum Build {
     /// proxy-wasm front and back (runs on any Envoy with V8).
     #[default]
     Wasm,
+    /// Dynamic-module (`.so`, built per Envoy version) front and back.
+    Native,
+    /// wasm front, dynamic-module back.
+    Mix,
+}
+
+impl Build {
+    /// Whether the front is the wasm filter.
+    pub fn wasm_front(self) -> bool {
+        matches!(self, Build::Wasm | Build::Mix)
+    }
+
+    /// Whether the back is the wasm filter on an internal listener (else the native
+    /// upstream bridge on the destination cluster).
+    pub fn wasm_back(self) -> bool {
+        self == Build::Wasm
+    }
 }
 
 /// Where a codec module comes from.
@@ -58,8 +77,12 @@ impl FailurePolicy {
 /// A codec module for one protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Module {
-    /// Where from.
+    /// Where the `.wasm` comes from (wasm and mix builds).
     pub source: ModuleSource,
+    /// The dynamic module (native and mix builds): a name Envoy looks up as
+    /// `$ENVOY_DYNAMIC_MODULES_SEARCH_PATH/lib<name>.so`, a path (`Local` with a `/`), or a URL
+    /// with its sha256.
+    pub native: Option<ModuleSource>,
     /// On failure.
     pub failure_policy: FailurePolicy,
     /// Extra filter configuration (`limits`, `codec`) merged into both roles' JSON
@@ -182,16 +205,63 @@ fn wasm_filter(name: &str, protocol: &str, module: &Module, config: &Value) -> V
     })
 }
 
+/// `DynamicModuleConfig` of a native module.
+fn dynamic_module_config(native: &ModuleSource) -> Value {
+    match native {
+        ModuleSource::Local(path) if path.contains('/') => {
+            json!({"module": {"local": {"filename": path}}})
+        }
+        ModuleSource::Local(name) => json!({"name": name}),
+        ModuleSource::Remote { url, sha256 } => json!({"module": {"remote": {
+            "http_uri": {
+                "uri": url,
+                "cluster": module_cluster_name(url).unwrap_or_default(),
+                "timeout": "30s"
+            },
+            "sha256": sha256
+        }}}),
+    }
+}
+
+fn string_value(config: &Value) -> Value {
+    json!({
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": config.to_string()
+    })
+}
+
 /// The front network filter (before HCM) of a listener. `service` fixes the virtual host;
 /// `None` lets each message's `service` metadata name it.
-pub fn front_filter(
-    _build: Build,
-    protocol: &str,
-    module: &Module,
-    service: Option<&str>,
-) -> Value {
+pub fn front_filter(build: Build, protocol: &str, module: &Module, service: Option<&str>) -> Value {
     let config = module.plugin_config("front", service);
-    wasm_filter("meltemi_front", protocol, module, &config)
+    match (build.wasm_front(), &module.native) {
+        (false, Some(native)) => json!({
+            "name": "meltemi_front",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter",
+                "dynamic_module_config": dynamic_module_config(native),
+                "filter_name": "front",
+                // The same FilterConfig JSON the wasm front gets, passed as bytes.
+                "filter_config": string_value(&config)
+            }
+        }),
+        _ => wasm_filter("meltemi_front", protocol, module, &config),
+    }
+}
+
+/// The native back: the dynamic module's HTTP→TCP bridge as the cluster's upstream, so the
+/// router's own load balancer picks the server host per request.
+pub fn native_upstream(module: &Module) -> Option<Value> {
+    let native = module.native.as_ref()?;
+    Some(json!({
+        "name": "envoy.upstreams.http.dynamic_modules",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.dynamic_modules.v3.Config",
+            "dynamic_module_config": dynamic_module_config(native),
+            "bridge_name": "back",
+            "bridge_config": string_value(&module.plugin_config("back", None))
+        }
+    }))
 }
 
 /// The internal listener that turns the bridge's HTTP requests back into the protocol and
@@ -269,6 +339,7 @@ mod tests {
         assert!(parse_filter_config("[1]").is_err());
         let module = Module {
             source: ModuleSource::Local("/m.wasm".into()),
+            native: None,
             failure_policy: FailurePolicy::Closed,
             config: m,
         };

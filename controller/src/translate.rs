@@ -15,18 +15,19 @@
 //!   listener: only RDS changes, and existing client connections are untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use crate::model::{
-    port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, Object, ServiceEntrySpec,
-    TrafficPolicy,
+    port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, MetaRouterSpec, Object,
+    ServiceEntrySpec, ServicePort, Shared, TrafficPolicy,
 };
 use crate::template::{self, Build, Module, BUFFER_LIMIT};
 use crate::validate::header_name;
 
 /// What translation needs besides the inputs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Options {
     /// Codec module per protocol name.
     pub modules: BTreeMap<String, Module>,
@@ -79,17 +80,21 @@ pub fn rds_config_source(target: Target) -> Value {
     }
 }
 
+/// One resource's JSON, shared: an unchanged resource is the same allocation in every
+/// translation that has it, so later stages recognise it by pointer.
+pub type Json = Arc<Value>;
+
 /// Envoy resources by type, each keyed (and so sorted) by resource name.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resources {
     /// `envoy.config.listener.v3.Listener`.
-    pub listeners: BTreeMap<String, Value>,
+    pub listeners: BTreeMap<String, Json>,
     /// `envoy.config.route.v3.RouteConfiguration`.
-    pub routes: BTreeMap<String, Value>,
+    pub routes: BTreeMap<String, Json>,
     /// `envoy.config.cluster.v3.Cluster`.
-    pub clusters: BTreeMap<String, Value>,
+    pub clusters: BTreeMap<String, Json>,
     /// `envoy.config.endpoint.v3.ClusterLoadAssignment`.
-    pub endpoints: BTreeMap<String, Value>,
+    pub endpoints: BTreeMap<String, Json>,
 }
 
 /// `outbound|<port>|<subset>|<host>`: the cluster routes name.
@@ -144,23 +149,195 @@ struct Service<'a> {
     port: u32,
     target_port: u32,
     port_name: &'a str,
+    service_port: &'a ServicePort,
     se: &'a Object<ServiceEntrySpec>,
     dr: Option<&'a DestinationRuleSpec>,
+    routes: Option<&'a [MetaRoute]>,
+    se_shared: &'a Shared<ServiceEntrySpec>,
+    dr_shared: Option<&'a Shared<DestinationRuleSpec>>,
+    router_shared: Option<&'a Shared<MetaRouterSpec>>,
+}
+
+/// Everything one port's translation reads, borrowed from the inputs: when it equals the
+/// cached [`PortKey`], the port's resources are the cached ones.
+struct PortKeyRef<'a> {
+    protocol: &'a str,
+    module: &'a Module,
+    services: Vec<SvcKeyRef<'a>>,
+}
+
+struct SvcKeyRef<'a> {
+    host: &'a str,
+    port: &'a ServicePort,
+    se: &'a Shared<ServiceEntrySpec>,
+    dr: Option<&'a Shared<DestinationRuleSpec>>,
+    router: Option<&'a Shared<MetaRouterSpec>>,
+    /// DestinationRules of the hosts the routes send to (their hash policies are read).
+    referenced: BTreeMap<&'a str, Option<&'a Shared<DestinationRuleSpec>>>,
+}
+
+/// Owned copy of a [`PortKeyRef`], kept with the port's cached resources. It holds the
+/// inputs' shared objects: an unchanged file's objects are the same allocations, so the
+/// comparison is mostly pointer equality.
+#[derive(Debug)]
+struct PortKey {
+    protocol: String,
+    module: Module,
+    services: Vec<SvcKey>,
+}
+
+#[derive(Debug)]
+struct SvcKey {
+    host: String,
+    port: ServicePort,
+    se: Shared<ServiceEntrySpec>,
+    dr: Option<Shared<DestinationRuleSpec>>,
+    router: Option<Shared<MetaRouterSpec>>,
+    referenced: BTreeMap<String, Option<Shared<DestinationRuleSpec>>>,
+}
+
+/// The same object, or one with the same spec (what translation reads of it).
+fn same<T: PartialEq>(a: &Shared<T>, b: &Shared<T>) -> bool {
+    Arc::ptr_eq(a, b) || a.spec == b.spec
+}
+
+fn same_opt<T: PartialEq>(a: Option<&Shared<T>>, b: Option<&Shared<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+impl PortKeyRef<'_> {
+    fn same_as(&self, k: &PortKey) -> bool {
+        self.protocol == k.protocol
+            && *self.module == k.module
+            && self.services.len() == k.services.len()
+            && self.services.iter().zip(&k.services).all(|(r, k)| {
+                r.host == k.host
+                    && *r.port == k.port
+                    && same(r.se, &k.se)
+                    && same_opt(r.dr, k.dr.as_ref())
+                    && same_opt(r.router, k.router.as_ref())
+                    && r.referenced.len() == k.referenced.len()
+                    && r.referenced
+                        .iter()
+                        .zip(&k.referenced)
+                        .all(|((h, d), (kh, kd))| h == kh && same_opt(*d, kd.as_ref()))
+            })
+    }
+
+    fn to_owned(&self) -> PortKey {
+        PortKey {
+            protocol: self.protocol.to_owned(),
+            module: self.module.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|s| SvcKey {
+                    host: s.host.to_owned(),
+                    port: s.port.clone(),
+                    se: Arc::clone(s.se),
+                    dr: s.dr.cloned(),
+                    router: s.router.cloned(),
+                    referenced: s
+                        .referenced
+                        .iter()
+                        .map(|(h, d)| ((*h).to_owned(), d.cloned()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The resources of one port (its listener and route configuration, and every destination of
+/// its services), shared between the snapshots that have them unchanged.
+#[derive(Debug, Default)]
+struct PortOutput {
+    listeners: Vec<(String, Json)>,
+    routes: Vec<(String, Json)>,
+    clusters: Vec<(String, Json)>,
+    endpoints: Vec<(String, Json)>,
+}
+
+/// Translation results per port, kept between translations so that a change re-translates
+/// only the ports whose inputs changed (a MetaRouter edit: one port). The unchanged ports'
+/// resources are the same `Arc`s as before, which the xDS snapshot recognises without
+/// comparing them.
+#[derive(Debug, Default)]
+pub struct Cache {
+    options: Option<Options>,
+    ports: BTreeMap<u32, (PortKey, Arc<PortOutput>)>,
+    /// Every port's resources plus the module clusters, updated in place port by port, so
+    /// that a change costs its ports, not a rebuild of 16,000 map entries.
+    resources: Resources,
+    /// Names of the module-fetch clusters in `resources`.
+    module_clusters: BTreeSet<String>,
+    /// Ports translated by the last call (the others came from the cache).
+    pub translated: usize,
+}
+
+impl Cache {
+    /// Takes `output`'s resources out of (`add == false`) or into the merged resources.
+    fn apply(&mut self, output: &PortOutput, add: bool) {
+        for (map, items) in [
+            (&mut self.resources.listeners, &output.listeners),
+            (&mut self.resources.routes, &output.routes),
+            (&mut self.resources.clusters, &output.clusters),
+            (&mut self.resources.endpoints, &output.endpoints),
+        ] {
+            for (name, value) in items {
+                if add {
+                    map.insert(name.clone(), Arc::clone(value));
+                } else {
+                    map.remove(name);
+                }
+            }
+        }
+    }
 }
 
 /// Translates validated inputs. Call [`crate::validate::validate`] first: inputs it rejects
 /// may translate to resources Envoy refuses.
 pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error> {
-    let mut out = Resources::default();
-    let drs: BTreeMap<&str, &DestinationRuleSpec> = inputs
+    let mut cache = Cache::default();
+    translate_cached(inputs, options, &mut cache)?;
+    Ok(std::mem::take(&mut cache.resources))
+}
+
+/// [`translate`], re-using `cache`'s resources for every port whose inputs are unchanged.
+/// The result is the cache's own (merged, updated in place).
+pub fn translate_cached<'c>(
+    inputs: &Inputs,
+    options: &Options,
+    cache: &'c mut Cache,
+) -> Result<&'c Resources, Error> {
+    if cache.options.as_ref() != Some(options) {
+        *cache = Cache {
+            options: Some(options.clone()),
+            ..Cache::default()
+        };
+    }
+    cache.translated = 0;
+    if options.target == Target::Istio && options.build != Build::Wasm {
+        return Err(Error(format!(
+            "the {:?} build is not available for Istio yet: istiod owns the outbound clusters the native back would run on",
+            options.build
+        )));
+    }
+    let shared_drs: BTreeMap<&str, &Shared<DestinationRuleSpec>> = inputs
         .destination_rules
         .iter()
-        .map(|d| (d.spec.host.as_str(), &d.spec))
+        .map(|d| (d.spec.host.as_str(), d))
         .collect();
-    let routers: BTreeMap<&str, &[MetaRoute]> = inputs
+    let drs: BTreeMap<&str, &DestinationRuleSpec> =
+        shared_drs.iter().map(|(h, d)| (*h, &d.spec)).collect();
+    let routers: BTreeMap<&str, &Shared<MetaRouterSpec>> = inputs
         .routers
         .iter()
-        .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r.spec.routes.as_slice())))
+        .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r)))
         .collect();
 
     // port → (protocol, services on it)
@@ -180,8 +357,13 @@ pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error>
                     port: port.number,
                     target_port: port.target_port.unwrap_or(port.number),
                     port_name: &port.name,
+                    service_port: port,
                     se,
                     dr: drs.get(host.as_str()).copied(),
+                    routes: routers.get(host.as_str()).map(|r| r.spec.routes.as_slice()),
+                    se_shared: se,
+                    dr_shared: shared_drs.get(host.as_str()).copied(),
+                    router_shared: routers.get(host.as_str()).copied(),
                 });
             }
         }
@@ -194,47 +376,127 @@ pub fn translate(inputs: &Inputs, options: &Options) -> Result<Resources, Error>
                 "no module for protocol `{protocol}` (port {port}): pass --module {protocol}=PATH or --module {protocol}=URL@sha256:HEX"
             ))
         })?;
-        if let template::ModuleSource::Remote { url, .. } = &module.source {
-            remote_urls.insert(url.clone());
+        check_module(options.build, protocol, module)?;
+        for source in [Some(&module.source), module.native.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let template::ModuleSource::Remote { url, .. } = source {
+                remote_urls.insert(url.clone());
+            }
         }
-        // One host on the port: the listener names it. Several (Dubbo interface-level
-        // services sharing a port): each message's `service` metadata names its host.
-        let fixed = (services.len() == 1).then(|| services[0].host);
-        let listener = front_listener(options, *port, protocol, module, fixed);
-        out.listeners.insert(name_of(&listener), listener);
-
-        let mut vhosts = vec![json!({
-            "name": "meltemi_local",
-            "domains": [meltemi_sdk::bridge::LOCAL_AUTHORITY],
-            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
-        })];
-        for svc in services {
-            let routes = match routers.get(svc.host) {
-                Some(routes) => routes
-                    .iter()
-                    .map(|r| meta_route(r, svc, &drs))
-                    .collect::<Vec<_>>(),
-                None => vec![default_route(svc)],
-            };
-            vhosts.push(json!({
-                "name": format!("{}:{}", svc.host, svc.port),
-                "domains": [svc.host],
-                "routes": routes
-            }));
-            destinations(&mut out, options, protocol, module, svc);
+        let key = PortKeyRef {
+            protocol,
+            module,
+            services: services
+                .iter()
+                .map(|s| SvcKeyRef {
+                    host: s.host,
+                    port: s.service_port,
+                    se: s.se_shared,
+                    dr: s.dr_shared,
+                    router: s.router_shared,
+                    referenced: s
+                        .routes
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|r| r.route.iter().map(|d| &d.destination).chain(&r.mirror))
+                        .map(|d| (d.host.as_str(), shared_drs.get(d.host.as_str()).copied()))
+                        .collect(),
+                })
+                .collect(),
+        };
+        if matches!(cache.ports.get(port), Some((cached, _)) if key.same_as(cached)) {
+            continue;
         }
-        let name = route_config_name(*port);
-        out.routes.insert(
-            name.clone(),
-            json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false}),
-        );
+        cache.translated += 1;
+        let output = Arc::new(translate_port(
+            options, *port, protocol, module, services, &drs,
+        ));
+        if let Some((_, old)) = cache.ports.remove(port) {
+            cache.apply(&old, false);
+        }
+        cache.apply(&output, true);
+        cache.ports.insert(*port, (key.to_owned(), output));
+    }
+    let gone: Vec<u32> = cache
+        .ports
+        .keys()
+        .filter(|p| !by_port.contains_key(p))
+        .copied()
+        .collect();
+    for port in gone {
+        if let Some((_, old)) = cache.ports.remove(&port) {
+            cache.apply(&old, false);
+        }
+    }
+    for name in std::mem::take(&mut cache.module_clusters) {
+        cache.resources.clusters.remove(&name);
     }
     for url in remote_urls {
         if let Some(c) = template::module_cluster(&url) {
-            out.clusters.insert(name_of(&c), c);
+            let name = name_of(&c);
+            cache.module_clusters.insert(name.clone());
+            cache.resources.clusters.insert(name, Arc::new(c));
         }
     }
-    Ok(out)
+    Ok(&cache.resources)
+}
+
+/// The resources of one port, as plain JSON while being built.
+#[derive(Default)]
+struct Fragment {
+    listeners: BTreeMap<String, Value>,
+    clusters: BTreeMap<String, Value>,
+    endpoints: BTreeMap<String, Value>,
+}
+
+fn translate_port(
+    options: &Options,
+    port: u32,
+    protocol: &str,
+    module: &Module,
+    services: &[Service<'_>],
+    drs: &BTreeMap<&str, &DestinationRuleSpec>,
+) -> PortOutput {
+    let mut out = Fragment::default();
+    // One host on the port: the listener names it. Several (Dubbo interface-level
+    // services sharing a port): each message's `service` metadata names its host.
+    let fixed = (services.len() == 1).then(|| services[0].host);
+    let listener = front_listener(options, port, protocol, module, fixed);
+    out.listeners.insert(name_of(&listener), listener);
+
+    let mut vhosts = vec![json!({
+        "name": "meltemi_local",
+        "domains": [meltemi_sdk::bridge::LOCAL_AUTHORITY],
+        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]
+    })];
+    for svc in services {
+        let routes = match svc.routes {
+            Some(routes) => routes
+                .iter()
+                .map(|r| meta_route(r, svc, drs))
+                .collect::<Vec<_>>(),
+            None => vec![default_route(svc)],
+        };
+        vhosts.push(json!({
+            "name": format!("{}:{}", svc.host, svc.port),
+            "domains": [svc.host],
+            "routes": routes
+        }));
+        destinations(&mut out, options, protocol, module, svc);
+    }
+    let name = route_config_name(port);
+    let route = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+    let arc = |m: BTreeMap<String, Value>| -> Vec<(String, Json)> {
+        m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
+    };
+    PortOutput {
+        listeners: arc(out.listeners),
+        routes: vec![(name, Arc::new(route))],
+        clusters: arc(out.clusters),
+        endpoints: arc(out.endpoints),
+    }
 }
 
 fn name_of(v: &Value) -> String {
@@ -320,7 +582,7 @@ fn hash_policy(dr: Option<&DestinationRuleSpec>, subset: &str) -> Option<Value> 
 }
 
 fn destinations(
-    out: &mut Resources,
+    out: &mut Fragment,
     options: &Options,
     protocol: &str,
     module: &Module,
@@ -346,34 +608,23 @@ fn destinations(
             Target::Istio => cluster_name(port, subset, host),
         };
         let eff = policy(svc.dr, subset);
-        let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
+        // `connectionPool.http`: the limits of the bridge's HTTP hop.
+        let mut http_limits = serde_json::Map::new();
         if let Some(http) = eff
             .pool
             .and_then(|p| p.connection_pool.as_ref())
             .and_then(|c| c.http.as_ref())
         {
-            let mut t = serde_json::Map::new();
             if let Some(v) = http.http1_max_pending_requests {
-                t.insert("max_pending_requests".into(), json!(v));
+                http_limits.insert("max_pending_requests".into(), json!(v));
             }
             if let Some(v) = http.http2_max_requests {
-                t.insert("max_requests".into(), json!(v));
+                http_limits.insert("max_requests".into(), json!(v));
             }
             if let Some(v) = http.max_retries {
-                t.insert("max_retries".into(), json!(v));
-            }
-            if !t.is_empty() {
-                bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(t)]});
+                http_limits.insert("max_retries".into(), json!(v));
             }
         }
-        out.clusters.insert(cluster.clone(), bridge);
-        let listener = template::back_listener(options.build, &back, protocol, module, &server);
-        out.listeners.insert(back.clone(), listener);
-        if svc.target == Target::Istio {
-            continue;
-        }
-        out.clusters
-            .insert(server.clone(), server_cluster(&server, &eff));
         let endpoints: Vec<Value> = svc
             .se
             .spec
@@ -389,13 +640,61 @@ fn destinations(
                 lb
             })
             .collect();
-        let assignment = if endpoints.is_empty() {
-            json!({"cluster_name": server})
-        } else {
-            json!({"cluster_name": server, "endpoints": [{"lb_endpoints": endpoints}]})
+        let assignment = |name: &str| {
+            if endpoints.is_empty() {
+                json!({"cluster_name": name})
+            } else {
+                json!({"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]})
+            }
         };
-        out.endpoints.insert(server, assignment);
+        if !options.build.wasm_back() {
+            // Native back: the route's cluster is the server cluster, the bridge its upstream.
+            let mut c = server_cluster(&cluster, &eff);
+            if let Some(up) = template::native_upstream(module) {
+                c["upstream_config"] = up;
+            }
+            if !http_limits.is_empty() {
+                let mut t = c["circuit_breakers"]["thresholds"][0]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                t.extend(http_limits);
+                c["circuit_breakers"] = json!({"thresholds": [Value::Object(t)]});
+            }
+            out.endpoints.insert(cluster.clone(), assignment(&cluster));
+            out.clusters.insert(cluster, c);
+            continue;
+        }
+        let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
+        if !http_limits.is_empty() {
+            bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
+        }
+        out.clusters.insert(cluster.clone(), bridge);
+        let listener = template::back_listener(options.build, &back, protocol, module, &server);
+        out.listeners.insert(back.clone(), listener);
+        if svc.target == Target::Istio {
+            continue;
+        }
+        out.clusters
+            .insert(server.clone(), server_cluster(&server, &eff));
+        out.endpoints.insert(server.clone(), assignment(&server));
     }
+}
+
+/// Whether `module` has what `build` needs.
+fn check_module(build: Build, protocol: &str, module: &Module) -> Result<(), Error> {
+    let wasm_missing = matches!(&module.source, template::ModuleSource::Local(p) if p.is_empty());
+    if build.wasm_front() && wasm_missing {
+        return Err(Error(format!(
+            "the {build:?} build runs the wasm front: pass --module {protocol}=PATH or --module {protocol}=URL,sha256=HEX"
+        )));
+    }
+    if (!build.wasm_front() || !build.wasm_back()) && module.native.is_none() {
+        return Err(Error(format!(
+            "the {build:?} build runs the dynamic module: pass --native-module {protocol}=NAME (lib<NAME>.so in $ENVOY_DYNAMIC_MODULES_SEARCH_PATH), =PATH.so or =URL,sha256=HEX"
+        )));
+    }
+    Ok(())
 }
 
 fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
@@ -635,6 +934,7 @@ spec:
                 "minirpc".to_owned(),
                 Module {
                     source: ModuleSource::Local("/m/minirpc.wasm".into()),
+                    native: None,
                     failure_policy: FailurePolicy::Closed,
                     config: Default::default(),
                 },
@@ -774,6 +1074,7 @@ spec:
                     url: "https://modules.example/dubbo.wasm".into(),
                     sha256: "ab".repeat(32),
                 },
+                native: None,
                 failure_policy: FailurePolicy::Open,
                 config: Default::default(),
             },
@@ -808,6 +1109,132 @@ spec:
     }
 
     #[test]
+    fn native_and_mix_builds_put_the_bridge_on_the_destination_clusters() {
+        let mut o = options();
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.native = Some(ModuleSource::Local("meltemi_minirpc".into()));
+        }
+        for build in [Build::Native, Build::Mix] {
+            o.build = build;
+            let r = translate(&inputs(DEMO), &o).unwrap();
+            // No internal listener hop: the routes' clusters are the server clusters.
+            assert_eq!(
+                r.listeners.keys().collect::<Vec<_>>(),
+                vec!["127.0.0.1_9000"]
+            );
+            assert_eq!(
+                r.clusters.keys().collect::<Vec<_>>(),
+                vec![
+                    "outbound|9000|v1|demo",
+                    "outbound|9000|v2|demo",
+                    "outbound|9000||demo"
+                ]
+            );
+            let c = &r.clusters["outbound|9000|v1|demo"];
+            assert_eq!(c["type"], "EDS");
+            let up = &c["upstream_config"];
+            assert_eq!(up["name"], "envoy.upstreams.http.dynamic_modules");
+            assert_eq!(
+                up["typed_config"]["dynamic_module_config"]["name"],
+                "meltemi_minirpc"
+            );
+            assert_eq!(up["typed_config"]["bridge_name"], "back");
+            assert_eq!(
+                up["typed_config"]["bridge_config"]["value"],
+                r#"{"role":"back"}"#
+            );
+            // Both limits on the one cluster: TCP connections and the HTTP hop's requests.
+            assert_eq!(
+                c["circuit_breakers"]["thresholds"][0]["max_connections"],
+                10
+            );
+            assert_eq!(
+                c["circuit_breakers"]["thresholds"][0]["max_pending_requests"],
+                5
+            );
+            assert_eq!(
+                r.endpoints["outbound|9000|v1|demo"]["endpoints"][0]["lb_endpoints"]
+                    .as_array()
+                    .map(Vec::len),
+                Some(1)
+            );
+            let front = &r.listeners["127.0.0.1_9000"]["filter_chains"][0]["filters"][0];
+            if build == Build::Native {
+                assert_eq!(
+                    front["typed_config"]["@type"],
+                    "type.googleapis.com/envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter"
+                );
+                assert_eq!(front["typed_config"]["filter_name"], "front");
+                assert_eq!(
+                    front["typed_config"]["filter_config"]["value"],
+                    r#"{"role":"front","service":"demo"}"#
+                );
+            } else {
+                assert!(front["typed_config"]["config"]["vm_config"].is_object());
+            }
+            // Routes are the same whichever build runs them.
+            o.build = Build::Wasm;
+            assert_eq!(r.routes, translate(&inputs(DEMO), &o).unwrap().routes);
+            crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+        }
+        let mut o = options();
+        o.build = Build::Native;
+        let e = translate(&inputs(DEMO), &o).unwrap_err();
+        assert!(e.0.contains("--native-module minirpc="), "{e}");
+        o.target = Target::Istio;
+        assert!(translate(&inputs(DEMO), &o)
+            .unwrap_err()
+            .0
+            .contains("Istio"));
+        // A path or a URL instead of a name.
+        let mut o = options();
+        o.build = Build::Native;
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.native = Some(ModuleSource::Remote {
+                url: "https://m.example/libmeltemi_minirpc.so".into(),
+                sha256: "cd".repeat(32),
+            });
+        }
+        let r = translate(&inputs(DEMO), &o).unwrap();
+        let dm = &r.clusters["outbound|9000||demo"]["upstream_config"]["typed_config"]
+            ["dynamic_module_config"]["module"]["remote"];
+        assert_eq!(dm["sha256"], "cd".repeat(32));
+        assert!(r.clusters.contains_key("meltemi_module|m.example|443"));
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn the_cache_follows_ports_that_come_change_and_go() {
+        let mut cache = Cache::default();
+        let demo = inputs(DEMO);
+        let mut o = options();
+        let full = translate_cached(&demo, &o, &mut cache).unwrap().clone();
+        assert_eq!(full, translate(&demo, &o).unwrap());
+        // The module fetched from a URL: a module cluster appears, then goes again.
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.source = ModuleSource::Remote {
+                url: "https://m.example/minirpc.wasm".into(),
+                sha256: "ab".repeat(32),
+            };
+        }
+        let remote = translate_cached(&demo, &o, &mut cache).unwrap().clone();
+        assert!(remote.clusters.contains_key("meltemi_module|m.example|443"));
+        assert_eq!(remote, translate(&demo, &o).unwrap());
+        // Without the ServiceEntry, its port and every resource of it are gone.
+        let mut none = demo.clone();
+        none.service_entries.clear();
+        none.routers.clear();
+        let empty = translate_cached(&none, &o, &mut cache).unwrap().clone();
+        assert_eq!(empty, translate(&none, &o).unwrap());
+        assert!(empty.listeners.is_empty() && empty.routes.is_empty());
+        assert_eq!(
+            translate_cached(&demo, &o, &mut cache).unwrap(),
+            &translate(&demo, &o).unwrap()
+        );
+        assert_eq!(cache.translated, 1);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration("250ms").as_deref(), Some("0.25s"));
         assert_eq!(duration("2m").as_deref(), Some("120s"));
@@ -826,7 +1253,7 @@ mod scale {
     fn thousand_services_ten_routes_each() {
         let mut inputs = Inputs::default();
         let source = Source::default();
-        inputs.protocols.push(Object {
+        inputs.protocols.push(std::sync::Arc::new(Object {
             meta: ObjectMeta {
                 name: "minirpc".into(),
                 ..Default::default()
@@ -836,7 +1263,7 @@ mod scale {
                 codec: String::new(),
             },
             source: source.clone(),
-        });
+        }));
         for i in 0..1000u32 {
             let host = format!("svc{i}.meta.svc");
             let meta = ObjectMeta {
@@ -844,7 +1271,7 @@ mod scale {
                 namespace: Some("meta".into()),
                 ..Default::default()
             };
-            inputs.service_entries.push(Object {
+            inputs.service_entries.push(std::sync::Arc::new(Object {
                 meta: meta.clone(),
                 spec: ServiceEntrySpec {
                     hosts: vec![host.clone()],
@@ -864,8 +1291,8 @@ mod scale {
                     ..Default::default()
                 },
                 source: source.clone(),
-            });
-            inputs.destination_rules.push(Object {
+            }));
+            inputs.destination_rules.push(std::sync::Arc::new(Object {
                 meta: meta.clone(),
                 spec: DestinationRuleSpec {
                     host: host.clone(),
@@ -880,7 +1307,7 @@ mod scale {
                     ..Default::default()
                 },
                 source: source.clone(),
-            });
+            }));
             let routes = (0..10)
                 .map(|r| MetaRoute {
                     name: Some(format!("r{r}")),
@@ -915,7 +1342,7 @@ mod scale {
                     ..Default::default()
                 })
                 .collect();
-            inputs.routers.push(Object {
+            inputs.routers.push(std::sync::Arc::new(Object {
                 meta,
                 spec: MetaRouterSpec {
                     hosts: vec![host],
@@ -923,13 +1350,17 @@ mod scale {
                     ..Default::default()
                 },
                 source: source.clone(),
-            });
+            }));
         }
         let t = std::time::Instant::now();
         let problems = crate::validate::validate(&inputs);
         assert!(problems.is_empty(), "{:?}", problems.first());
         let validated = t.elapsed();
-        let r = translate(&inputs, &options()).unwrap();
+        let mut cache = Cache::default();
+        let r = translate_cached(&inputs, &options(), &mut cache)
+            .unwrap()
+            .clone();
+        assert_eq!(cache.translated, 1000);
         let translated = t.elapsed();
         let snapshot = crate::xds::Snapshot::new(&r, t).unwrap();
         let encoded = t.elapsed();
@@ -941,21 +1372,35 @@ mod scale {
             translated.as_secs_f64() * 1000.0,
             encoded.as_secs_f64() * 1000.0
         );
+        // The issue's bar is for a release build; an unoptimised build on two shared cores is
+        // several times slower and only has to stay usable.
+        let limit = if cfg!(debug_assertions) { 10 } else { 1 };
         assert!(
-            translated < std::time::Duration::from_secs(1),
+            translated < std::time::Duration::from_secs(limit),
             "{translated:?}"
         );
 
         // One service's routes change: what a file change costs before the push.
-        if let Some(r0) = inputs.routers[0].spec.routes.first_mut() {
+        if let Some(r0) = std::sync::Arc::make_mut(&mut inputs.routers[0])
+            .spec
+            .routes
+            .first_mut()
+        {
             r0.route[0].weight = 80;
             r0.route[1].weight = 20;
         }
         let t = std::time::Instant::now();
-        let r2 = translate(&inputs, &options()).unwrap();
+        let r2 = translate_cached(&inputs, &options(), &mut cache).unwrap();
         let translated = t.elapsed();
-        let s2 = crate::xds::Snapshot::update(&r2, t, Some(&snapshot)).unwrap();
+        let s2 = crate::xds::Snapshot::update(r2, t, Some(&snapshot)).unwrap();
         let encoded = t.elapsed();
+        let r2 = r2.clone();
+        assert_eq!(cache.translated, 1, "only the changed service's port");
+        assert_eq!(
+            r2,
+            translate(&inputs, &options()).unwrap(),
+            "the cache changes nothing"
+        );
         let changed: Vec<&str> = s2
             .types
             .iter()
@@ -964,7 +1409,7 @@ mod scale {
             .collect();
         assert_eq!(changed, vec![crate::proto::ROUTE], "only RDS changes");
         eprintln!(
-            "one route change among 1000 services: translate {:.0} ms, +encode (cached) {:.0} ms (cumulative)",
+            "one route change among 1000 services: translate (cached) {:.1} ms, +encode (cached) {:.1} ms (cumulative)",
             translated.as_secs_f64() * 1000.0,
             encoded.as_secs_f64() * 1000.0
         );

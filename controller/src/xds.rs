@@ -35,7 +35,7 @@ use crate::translate::Resources;
 /// One resource: its JSON (to recognise it unchanged next time), hash and encoding.
 #[derive(Debug, Clone)]
 pub struct Encoded {
-    json: serde_json::Value,
+    json: crate::translate::Json,
     hash: String,
     /// The protobuf `Any` sent to Envoy.
     pub any: Any,
@@ -90,27 +90,40 @@ impl Snapshot {
             (proto::CLUSTER, &resources.clusters),
             (proto::ENDPOINT, &resources.endpoints),
         ] {
-            let old = previous.and_then(|p| p.types.get(type_url));
-            let mut encoded = BTreeMap::new();
+            // Both maps are sorted by name: walk the previous one alongside instead of
+            // looking every name up (thousands of long names sharing their prefixes).
+            let mut old = previous
+                .and_then(|p| p.types.get(type_url))
+                .map(|o| o.resources.iter().peekable());
+            let mut encoded = Vec::with_capacity(map.len());
             let mut version = Sha256::new();
             for (name, json) in map {
-                let reused = old
-                    .and_then(|o| o.resources.get(name))
-                    .filter(|e| &e.json == json)
-                    .cloned();
+                let mut reused = None;
+                if let Some(old) = old.as_mut() {
+                    while old.next_if(|(k, _)| k.as_str() < name.as_str()).is_some() {}
+                    // The same allocation (translation re-used it) is the same resource;
+                    // equal content from a fresh translation is too, found by comparing.
+                    if let Some((_, e)) = old.next_if(|(k, e)| {
+                        *k == name && (Arc::ptr_eq(&e.json, json) || e.json == *json)
+                    }) {
+                        reused = Some(Arc::clone(e));
+                    }
+                }
                 let e = match reused {
                     Some(e) => e,
                     None => Arc::new(Encoded {
-                        json: json.clone(),
-                        hash: content_hash(json),
+                        json: Arc::clone(json),
+                        hash: content_hash(&**json),
                         any: proto::to_any(type_url, json).map_err(|e| format!("{name}: {e}"))?,
                     }),
                 };
                 version.update(name.as_bytes());
                 version.update([0]);
                 version.update(e.hash.as_bytes());
-                encoded.insert(name.clone(), e);
+                encoded.push((name.clone(), e));
             }
+            // Sorted already: collecting builds the map in one pass.
+            let encoded: BTreeMap<String, Arc<Encoded>> = encoded.into_iter().collect();
             types.insert(
                 type_url,
                 TypeSnapshot {
@@ -234,6 +247,11 @@ struct Subscription {
     nonce: String,
     /// Last version Envoy accepted.
     acked: Option<String>,
+    /// RDS: name → content hash of what this stream was last sent of each route
+    /// configuration. State-of-the-world RDS (unlike LDS and CDS) lets a response carry only
+    /// some of the subscribed resources, and Envoy updates only the ones it carries: a route
+    /// change among thousands of listeners sends that listener's routes alone.
+    sent: BTreeMap<String, String>,
 }
 
 type AdsStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
@@ -378,8 +396,26 @@ impl Session {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Ok(());
         };
-        let resources: Vec<Any> = if sub.names.is_empty() || sub.names.iter().any(|n| n == "*") {
+        let wildcard = sub.names.is_empty() || sub.names.iter().any(|n| n == "*");
+        let resources: Vec<Any> = if wildcard {
             ts.resources.values().map(|e| e.any.clone()).collect()
+        } else if type_url == proto::ROUTE {
+            sub.sent.retain(|n, _| sub.names.contains(n));
+            let mut changed = Vec::new();
+            for n in &sub.names {
+                if let Some(e) = ts.resources.get(n) {
+                    if sub.sent.get(n) != Some(&e.hash) {
+                        sub.sent.insert(n.clone(), e.hash.clone());
+                        changed.push(e.any.clone());
+                    }
+                }
+            }
+            if changed.is_empty() && sub.sent_version.is_some() {
+                // None of this Envoy's route configurations changed.
+                sub.sent_version = Some(ts.version.clone());
+                return Ok(());
+            }
+            changed
         } else {
             sub.names
                 .iter()

@@ -50,6 +50,8 @@ impl Drop for TempDir {
 #[test]
 fn rendered_bootstraps_pass_envoy_validate() {
     let wasm = build_wasm("minirpc");
+    // The native and mix builds load `libminirpc.so` from Envoy's search path.
+    meltemi_e2e::workspace::build_native("minirpc");
     let dir = TempDir::new("validate");
     let module = format!("minirpc={}", wasm.display());
     for (name, args) in [
@@ -64,6 +66,32 @@ fn rendered_bootstraps_pass_envoy_validate() {
             ],
         ),
         ("ads.json", vec!["bootstrap", "--xds", "127.0.0.1:18000"]),
+        (
+            "native.json",
+            vec![
+                "bootstrap",
+                "--dir",
+                testdata().to_str().unwrap_or_default(),
+                "--build",
+                "native",
+                "--native-module",
+                "minirpc=minirpc",
+            ],
+        ),
+        (
+            "mix.json",
+            vec![
+                "bootstrap",
+                "--dir",
+                testdata().to_str().unwrap_or_default(),
+                "--module",
+                &module,
+                "--build",
+                "mix",
+                "--native-module",
+                "minirpc=minirpc",
+            ],
+        ),
     ] {
         let file = dir.0.join(name);
         let mut args = args.clone();
@@ -77,6 +105,10 @@ fn rendered_bootstraps_pass_envoy_validate() {
         let v = Command::new(envoy_binary())
             .args(["--mode", "validate", "-c"])
             .arg(&file)
+            .env(
+                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+                meltemi_e2e::workspace::native_dir(),
+            )
             .output()
             .expect("run envoy");
         let log =

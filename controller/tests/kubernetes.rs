@@ -1,0 +1,497 @@
+//! `serve --kubernetes` on the real Envoy 1.40, reading its resources from a **fake**
+//! Kubernetes API server: no kube-apiserver can be installed on this machine, so the API
+//! server is this file's test double, a small HTTP/1.1 server that speaks the list and watch
+//! JSON protocol kube-rs uses (`GET …/metarouters?limit=500` → a `…List` with a
+//! `resourceVersion`; `GET …?watch=true&resourceVersion=N` → a chunked stream of
+//! `{"type": "ADDED|MODIFIED|DELETED", "object": …}` lines). Everything else is real: the
+//! controller binary with kube-rs's client and watcher, ADS, Envoy, the MiniRPC servers and a
+//! client on one long-lived connection.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meltemi_e2e::envoy::Envoy;
+use meltemi_e2e::minirpc_peer::{self, Client, Server};
+use meltemi_e2e::workspace::{build_wasm, free_port, listener};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meltemi-controller");
+
+/// One collection (`metarouters`, `services`, …) of the fake API server.
+#[derive(Default)]
+struct Collection {
+    /// `namespace/name` → object.
+    objects: BTreeMap<String, Value>,
+    /// Open watches: each gets every event as one JSON line.
+    watches: Vec<mpsc::Sender<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    resource_version: u64,
+    collections: BTreeMap<String, Collection>,
+    /// Requests seen (`GET path?query`), for the test to check what was asked.
+    requests: Vec<String>,
+}
+
+/// The fake API server: one thread per connection, bound to 127.0.0.1.
+struct FakeApi {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn plural(kind: &str) -> &'static str {
+    match kind {
+        "ApplicationProtocol" => "applicationprotocols",
+        "MetaRouter" => "metarouters",
+        "ServiceEntry" => "serviceentries",
+        "DestinationRule" => "destinationrules",
+        "Service" => "services",
+        other => panic!("no collection for {other}"),
+    }
+}
+
+impl FakeApi {
+    fn start() -> FakeApi {
+        let l: TcpListener = listener();
+        let port = l.local_addr().expect("addr").port();
+        let state: Arc<Mutex<State>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (Arc::clone(&state), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if sp.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (st, sp) = (Arc::clone(&st), Arc::clone(&sp));
+                std::thread::spawn(move || serve_connection(conn, &st, &sp));
+            }
+        });
+        FakeApi { port, state, stop }
+    }
+
+    /// Adds or replaces an object and tells the open watches of its collection.
+    fn apply(&self, mut object: Value) {
+        let kind = object["kind"].as_str().unwrap_or_default().to_owned();
+        let key = format!(
+            "{}/{}",
+            object["metadata"]["namespace"].as_str().unwrap_or(""),
+            object["metadata"]["name"].as_str().unwrap_or("")
+        );
+        let mut s = self.state.lock().expect("state");
+        s.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+        let c = s.collections.entry(plural(&kind).to_owned()).or_default();
+        let kind = if c.objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        let line = json!({"type": kind, "object": object}).to_string();
+        c.watches.retain(|w| w.send(line.clone()).is_ok());
+    }
+
+    fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let mut s = self.state.lock().expect("state");
+        s.resource_version += 1;
+        let rv = s.resource_version.to_string();
+        let c = s.collections.entry(plural(kind).to_owned()).or_default();
+        if let Some(mut object) = c.objects.remove(&format!("{namespace}/{name}")) {
+            object["metadata"]["resourceVersion"] = json!(rv);
+            let line = json!({"type": "DELETED", "object": object}).to_string();
+            c.watches.retain(|w| w.send(line.clone()).is_ok());
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.lock().expect("state").requests.clone()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+    }
+}
+
+/// `/apis/G/V[/namespaces/NS]/PLURAL` or `/api/v1[/namespaces/NS]/PLURAL` → (namespace, plural).
+fn route(path: &str) -> Option<(Option<String>, String)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let rest = match *parts.first()? {
+        "apis" => parts.get(3..)?,
+        "api" => parts.get(2..)?,
+        _ => return None,
+    };
+    match rest {
+        [plural] => Some((None, (*plural).to_owned())),
+        ["namespaces", ns, plural] => Some((Some((*ns).to_owned()), (*plural).to_owned())),
+        _ => None,
+    }
+}
+
+fn serve_connection(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
+    let mut reader = BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut out = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        // Headers (a GET has no body).
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                break;
+            }
+        }
+        let target = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let watch = query.split('&').any(|kv| kv == "watch=true");
+        let Some((namespace, plural)) = route(path) else {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string();
+            let _ = write!(out, "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            continue;
+        };
+        let in_scope = |o: &Value| {
+            namespace
+                .as_deref()
+                .is_none_or(|ns| o["metadata"]["namespace"] == ns)
+        };
+        if !watch {
+            let body = {
+                let mut s = state.lock().expect("state");
+                s.requests.push(target.clone());
+                let rv = s.resource_version.to_string();
+                let items: Vec<Value> = s
+                    .collections
+                    .get(&plural)
+                    .map(|c| {
+                        c.objects
+                            .values()
+                            .filter(|o| in_scope(o))
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+                    .to_string()
+            };
+            if write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).is_err() {
+                return;
+            }
+            continue;
+        }
+        let (tx, rx) = mpsc::channel::<String>();
+        {
+            let mut s = state.lock().expect("state");
+            s.requests.push(target.clone());
+            s.collections.entry(plural).or_default().watches.push(tx);
+        }
+        if write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n").is_err() {
+            return;
+        }
+        let _ = out.flush();
+        while !stop.load(Ordering::SeqCst) {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    let o: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if !in_scope(&o["object"]) {
+                        continue;
+                    }
+                    let chunk = format!("{line}\n");
+                    if write!(out, "{:x}\r\n{chunk}\r\n", chunk.len()).is_err() {
+                        return;
+                    }
+                    let _ = out.flush();
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        return;
+    }
+}
+
+fn router(split: &[(&str, u32)], name: &str, namespace: &str, host: &str) -> Value {
+    let route: Vec<Value> = split
+        .iter()
+        .map(|(subset, weight)| json!({"destination": {"host": host, "subset": subset}, "weight": weight}))
+        .collect();
+    json!({
+        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "MetaRouter",
+        "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}")},
+        "spec": {"hosts": [host], "routes": [{"name": "all", "route": route}]}
+    })
+}
+
+/// `meltemi-controller serve --kubernetes`, killed by PID on drop.
+struct Controller {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Controller {
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_logged(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "controller never logged {needle:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("controller log:\n{}", self.text());
+        }
+    }
+}
+
+fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: test, namespace: meta}}\ncurrent-context: fake\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
+
+fn wait_tag(calls: &Calls, since: Instant, tag: &str) -> Duration {
+    let deadline = since + Duration::from_secs(10);
+    loop {
+        if let Some((sent, _)) = calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .find(|(sent, o)| *sent >= since && o == tag)
+        {
+            return *sent - since;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{tag}` answer within 10 s: last {:?}",
+            calls.lock().expect("calls").last()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
+    let wasm = build_wasm("minirpc");
+    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+    let (port, xds, admin) = (free_port(), free_port(), free_port());
+    let api = FakeApi::start();
+    let host = "demo.meta.svc.cluster.local";
+    api.apply(json!({
+        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "ApplicationProtocol",
+        "metadata": {"name": "minirpc"}, "spec": {"protocol": "minirpc", "codec": "meltemi.minirpc"}
+    }));
+    // A Kubernetes Service carries the port name; its endpoints come from a ServiceEntry
+    // for the same host (the watched kinds include no Endpoints).
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "meta"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "ServiceEntry",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"hosts": [host], "ports": [{"number": port, "name": "tcp-metaprotocol-minirpc-demo", "protocol": "TCP"}],
+                 "endpoints": [
+                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v1.port}, "labels": {"version": "v1"}},
+                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v2.port}, "labels": {"version": "v2"}}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"host": host, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+    api.apply(router(&[("v1", 100)], "demo", "meta", host));
+    // Outside the watched namespace: invalid (unknown host), and never seen.
+    api.apply(router(
+        &[("v1", 100)],
+        "stray",
+        "other",
+        "nowhere.other.svc",
+    ));
+
+    let dir = std::env::temp_dir().join(format!("meltemi-ctl-kube-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("controller.log");
+    let child = Command::new(BIN)
+        .args(["serve", "--kubernetes", "-n", "meta"])
+        .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
+        .arg(format!("minirpc={}", wasm.display()))
+        .env("KUBECONFIG", kubeconfig(&dir, api.port))
+        .env("HOME", &dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start meltemi-controller");
+    let ctl = Controller { child, log };
+    ctl.wait_logged("xds server listening");
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r
+                .starts_with("/apis/metaprotocol.aeraki.io/v1alpha1/namespaces/meta/metarouters")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("/apis/metaprotocol.aeraki.io/v1alpha1/applicationprotocols")),
+        "ApplicationProtocols are cluster-wide: {requests:?}"
+    );
+    assert!(
+        !requests.iter().any(|r| r.contains("/namespaces/other/")),
+        "{requests:?}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-port", &admin.to_string()])
+        .output()
+        .expect("bootstrap");
+    assert!(out.status.success());
+    let envoy = Envoy::start("ctl-kube", &String::from_utf8_lossy(&out.stdout), admin);
+    let rds = format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while envoy.stat(&rds) < 1 {
+        assert!(Instant::now() < deadline, "no routes:\n{}", envoy.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls: Calls = Arc::default();
+    let worker = {
+        let (stop, calls) = (Arc::clone(&stop), Arc::clone(&calls));
+        std::thread::spawn(move || {
+            let mut client = Client::connect(port);
+            let mut id = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                id += 1;
+                let sent = Instant::now();
+                client.send(&minirpc_peer::request(id, "echo", &[], b"x"));
+                let outcome = match client.recv() {
+                    Ok(f) if f.id == id => String::from_utf8_lossy(&f.payload)
+                        .trim_end_matches(":x")
+                        .to_owned(),
+                    Ok(f) => format!("error: kind {} id {}", f.kind, f.id),
+                    Err(e) => format!("error: {e}"),
+                };
+                let failed = outcome.starts_with("error");
+                calls.lock().expect("calls").push((sent, outcome));
+                if failed {
+                    return;
+                }
+            }
+        })
+    };
+    wait_tag(&calls, Instant::now(), "v1");
+
+    // A MODIFIED MetaRouter: the client's connection sees v2.
+    let t = Instant::now();
+    api.apply(router(&[("v2", 100)], "demo", "meta", host));
+    let flip = wait_tag(&calls, t, "v2");
+    eprintln!(
+        "watch event -> new route seen by the client: {:.1} ms",
+        flip.as_secs_f64() * 1000.0
+    );
+
+    // An invalid MetaRouter: rejected naming namespace/name and field; routing unchanged.
+    let updates = envoy.stat(&rds);
+    api.apply(router(&[("v1", 30), ("v2", 30)], "demo", "meta", host));
+    ctl.wait_logged(
+        "resource=MetaRouter meta/demo field=spec.routes[0].route problem=weights sum to 60",
+    );
+    assert!(ctl.text().contains("file=kubernetes"), "{}", ctl.text());
+    let t = Instant::now();
+    let after = loop {
+        let c: Vec<String> = calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|(s, _)| *s >= t)
+            .map(|(_, o)| o.clone())
+            .collect();
+        if c.len() >= 50 {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert!(after.iter().all(|o| o == "v2"), "{after:?}");
+    assert_eq!(envoy.stat(&rds), updates, "a rejected change reached Envoy");
+
+    // DELETED: no MetaRouter, the default route sends calls to the whole service's cluster
+    // (which server answers depends on the bridge's pooled connection: the wasm back balances
+    // per connection, so the cluster's own counter is what shows the new route).
+    let default = format!("cluster.outbound|{port}||{host}.upstream_rq_total");
+    assert_eq!(envoy.stat(&default), 0);
+    api.delete("MetaRouter", "meta", "demo");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.stat(&default) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the default route was never used"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    worker.join().expect("caller");
+    let failed: Vec<String> = calls
+        .lock()
+        .expect("calls")
+        .iter()
+        .filter(|(_, o)| o.starts_with("error"))
+        .map(|(_, o)| o.clone())
+        .collect();
+    assert!(failed.is_empty(), "failed calls: {failed:?}");
+    assert_eq!(
+        envoy.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total")),
+        1,
+        "one client connection throughout"
+    );
+    drop(envoy);
+    drop(ctl);
+    let _ = std::fs::remove_dir_all(&dir);
+}
