@@ -358,3 +358,54 @@ pub fn route_action(cluster: &str) -> Value {
         "retry_policy": {"retry_on": "reset-before-request", "num_retries": 3}
     })
 }
+
+/// One deployment per engine shared by the tests of a file: started by the first test that
+/// needs it, stopped when the last test holding it finishes; the tests take turns (each holds
+/// the returned guard), so counter deltas and peer logs are not blurred by another test.
+pub struct SharedPerEngine<T> {
+    shared: std::sync::Mutex<[std::sync::Weak<T>; 3]>,
+    turn: std::sync::Mutex<()>,
+}
+
+impl<T> SharedPerEngine<T> {
+    /// Nothing started yet.
+    pub const fn new() -> Self {
+        Self {
+            shared: std::sync::Mutex::new([
+                std::sync::Weak::new(),
+                std::sync::Weak::new(),
+                std::sync::Weak::new(),
+            ]),
+            turn: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// `engine`'s deployment (started with `start` if none is running) and this test's turn.
+    pub fn get(
+        &self,
+        engine: Engine,
+        start: impl FnOnce() -> T,
+    ) -> (std::sync::Arc<T>, std::sync::MutexGuard<'_, ()>) {
+        let index = Engine::ALL.iter().position(|e| *e == engine).unwrap_or(0);
+        let deployment = {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            match shared[index].upgrade() {
+                Some(s) => s,
+                None => {
+                    let s = std::sync::Arc::new(start());
+                    shared[index] = std::sync::Arc::downgrade(&s);
+                    s
+                }
+            }
+        };
+        // A failed test poisons the lock; the next one may still run.
+        let turn = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        (deployment, turn)
+    }
+}
+
+impl<T> Default for SharedPerEngine<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

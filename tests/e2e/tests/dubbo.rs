@@ -17,10 +17,10 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use meltemi_e2e::bootstrap::{Bridge, Destination, Engine};
+use meltemi_e2e::bootstrap::{Bridge, Destination, Engine, SharedPerEngine};
 use meltemi_e2e::dubbo_peer::{
     heartbeat_frame, peers_available, read_raw_frame, request_frame, run_consumer, Call,
     ConsumerKind, Outcome, Provider, ProviderKind, Run, ECHO, NO_ROUTE, OTHER,
@@ -51,31 +51,13 @@ struct Setup {
     app_port: u16,
 }
 
-/// One shared deployment per engine (by [`Engine::ALL`] index).
-static SHARED: Mutex<[Weak<Setup>; 3]> = Mutex::new([Weak::new(), Weak::new(), Weak::new()]);
-/// Held by each test while it runs consumers and reads counters.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// The shared deployment and this test's turn, or `None` (skip) when the peers are missing.
 fn setup(engine: Engine) -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
+    static SHARED: SharedPerEngine<Setup> = SharedPerEngine::new();
     if !peers_available() {
         return None;
     }
-    let index = Engine::ALL.iter().position(|e| *e == engine).unwrap_or(0);
-    let setup = {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        match shared[index].upgrade() {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(Setup::start(engine));
-                shared[index] = Arc::downgrade(&s);
-                s
-            }
-        }
-    };
-    // A failed test poisons the lock; the next one may still run.
-    let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    Some((setup, turn))
+    Some(SHARED.get(engine, || Setup::start(engine)))
 }
 
 fn route(matcher: Value, cluster: &str) -> Value {

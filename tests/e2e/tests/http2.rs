@@ -16,10 +16,10 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
-use meltemi_e2e::bootstrap::{Bridge, Destination, Engine};
+use meltemi_e2e::bootstrap::{Bridge, Destination, Engine, SharedPerEngine};
 use meltemi_e2e::dubbo_peer::{
     peers_available, read_raw_frame, request_frame, Provider, ProviderKind, ECHO, OTHER,
 };
@@ -41,31 +41,15 @@ struct Setup {
 /// `max_requests_per_connection` of the draining front's HCM.
 const DRAIN_AFTER: u64 = 10;
 
-/// One shared deployment per engine (by [`Engine::ALL`] index).
-static SHARED: Mutex<[Weak<Setup>; 3]> = Mutex::new([Weak::new(), Weak::new(), Weak::new()]);
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Connections and requests the `narrow` cluster's circuit breaker allows.
 const NARROW: u64 = 4;
 
 fn setup(engine: Engine) -> Option<(Arc<Setup>, MutexGuard<'static, ()>)> {
+    static SHARED: SharedPerEngine<Setup> = SharedPerEngine::new();
     if !peers_available() {
         return None;
     }
-    let index = Engine::ALL.iter().position(|e| *e == engine).unwrap_or(0);
-    let setup = {
-        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        match shared[index].upgrade() {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(Setup::start(engine));
-                shared[index] = Arc::downgrade(&s);
-                s
-            }
-        }
-    };
-    let turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    Some((setup, turn))
+    Some(SHARED.get(engine, || Setup::start(engine)))
 }
 
 fn route(prefix: &str, cluster: &str) -> Value {
