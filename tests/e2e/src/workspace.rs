@@ -57,6 +57,15 @@ pub fn build_native(package: &str) -> PathBuf {
     path
 }
 
+/// Builds `meltemi-controller` (the dev profile the test suites already build it with) and
+/// returns the binary's path.
+pub fn build_controller() -> PathBuf {
+    cargo_build(&["-p", "meltemi-controller"]);
+    let path = root().join("target/debug/meltemi-controller");
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
 /// Where [`build_native`] puts dynamic modules.
 pub fn native_dir() -> PathBuf {
     root().join("target/native")
