@@ -547,24 +547,16 @@ impl<C: Codec> Front<C> {
                 );
             }
             None => {
-                let mut path = String::with_capacity(
-                    service.len().saturating_add(method.len()).saturating_add(2),
+                let target = Target::of(&service, &method, &message);
+                http1::write_request(
+                    out,
+                    self.token,
+                    seq,
+                    &target.authority,
+                    &target.path,
+                    target.headers(&message),
+                    frame,
                 );
-                path.push('/');
-                http1::encode_path_segment(&mut path, &service);
-                path.push('/');
-                http1::encode_path_segment(&mut path, &method);
-                let mut authority = String::with_capacity(service.len());
-                http1::encode_authority(&mut authority, &service);
-                let rid = message.request_id.to_string();
-                let md = bridge::metadata_headers(&message.metadata);
-                let headers = [
-                    (KIND_HEADER, message.kind.as_str()),
-                    (RID_HEADER, rid.as_str()),
-                ]
-                .into_iter()
-                .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
-                http1::write_request(out, self.token, seq, &authority, &path, headers, frame);
                 sink.gauge(&stats::name(stats::ACTIVE, &[("protocol", protocol)]), 1);
             }
         }
@@ -613,24 +605,13 @@ impl<C: Codec> Front<C> {
                 )
             }
             None => {
-                let mut path = String::with_capacity(
-                    service.len().saturating_add(method.len()).saturating_add(2),
-                );
-                path.push('/');
-                http1::encode_path_segment(&mut path, &service);
-                path.push('/');
-                http1::encode_path_segment(&mut path, &method);
-                let mut authority = String::with_capacity(service.len());
-                http1::encode_authority(&mut authority, &service);
-                let rid = message.request_id.to_string();
-                let md = bridge::metadata_headers(&message.metadata);
-                let headers = [
-                    (KIND_HEADER, message.kind.as_str()),
-                    (RID_HEADER, rid.as_str()),
-                ]
-                .into_iter()
-                .chain(md.iter().map(|(k, v)| (k.as_str(), *v)));
-                h2.client.open(&authority, &path, headers, frame)
+                let target = Target::of(&service, &method, &message);
+                h2.client.open(
+                    &target.authority,
+                    &target.path,
+                    target.headers(&message),
+                    frame,
+                )
             }
         };
         let stream = match opened {
@@ -1227,6 +1208,44 @@ impl<C: Codec> Front<C> {
             h2.order.clear();
             h2.oneway_in_flight = 0;
         }
+    }
+}
+
+/// Where a request goes in HTTP terms: `POST /<service>/<method>`, authority = the service
+/// (percent-encoded so any name is a valid authority), and its headers.
+struct Target<'m> {
+    path: String,
+    authority: String,
+    rid: String,
+    metadata: Vec<(String, &'m str)>,
+}
+
+impl<'m> Target<'m> {
+    fn of(service: &str, method: &str, message: &'m Message) -> Self {
+        let mut path =
+            String::with_capacity(service.len().saturating_add(method.len()).saturating_add(2));
+        path.push('/');
+        http1::encode_path_segment(&mut path, service);
+        path.push('/');
+        http1::encode_path_segment(&mut path, method);
+        let mut authority = String::with_capacity(service.len());
+        http1::encode_authority(&mut authority, service);
+        Self {
+            path,
+            authority,
+            rid: message.request_id.to_string(),
+            metadata: bridge::metadata_headers(&message.metadata),
+        }
+    }
+
+    /// The kind, the request id and the metadata as headers.
+    fn headers<'a>(&'a self, message: &Message) -> impl Iterator<Item = (&'a str, &'a str)> {
+        [
+            (KIND_HEADER, message.kind.as_str()),
+            (RID_HEADER, self.rid.as_str()),
+        ]
+        .into_iter()
+        .chain(self.metadata.iter().map(|(k, v)| (k.as_str(), *v)))
     }
 }
 
