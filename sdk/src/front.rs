@@ -472,21 +472,7 @@ impl<C: Codec> Front<C> {
         sink: &mut dyn Sink,
     ) -> Result<(), Fatal> {
         let protocol = C::PROTOCOL;
-        let service = match &self.config.service {
-            Some(s) => s.clone(),
-            None => message
-                .metadata
-                .get("service")
-                .unwrap_or("unknown")
-                .to_owned(),
-        };
-        let method = message
-            .metadata
-            .get("method")
-            .unwrap_or("unknown")
-            .to_owned();
-        let service_label = self.label(&service, "service", sink);
-        let method_label = self.label(&method, "method", sink);
+        let [service, method, service_label, method_label] = self.names(&message, sink);
         let labels = [
             ("protocol", protocol),
             ("service", service_label.as_str()),
@@ -777,21 +763,7 @@ impl<C: Codec> Front<C> {
         now_ns: u64,
         sink: &mut dyn Sink,
     ) -> InFlight {
-        let service = match &self.config.service {
-            Some(s) => s.clone(),
-            None => message
-                .metadata
-                .get("service")
-                .unwrap_or("unknown")
-                .to_owned(),
-        };
-        let method = message
-            .metadata
-            .get("method")
-            .unwrap_or("unknown")
-            .to_owned();
-        let service_label = self.label(&service, "service", sink);
-        let method_label = self.label(&method, "method", sink);
+        let [service, method, service_label, method_label] = self.names(&message, sink);
         let local = (message.kind == MessageKind::Heartbeat).then_some(LocalAnswer::Heartbeat);
         if local.is_none() {
             let labels = [
@@ -844,6 +816,27 @@ impl<C: Codec> Front<C> {
             }
         }
         Ok(())
+    }
+
+    /// A request's service and method (the configured service, or the message's metadata) and
+    /// their metric label values.
+    fn names(&self, message: &Message, sink: &mut dyn Sink) -> [String; 4] {
+        let service = match &self.config.service {
+            Some(s) => s.clone(),
+            None => message
+                .metadata
+                .get("service")
+                .unwrap_or("unknown")
+                .to_owned(),
+        };
+        let method = message
+            .metadata
+            .get("method")
+            .unwrap_or("unknown")
+            .to_owned();
+        let service_label = self.label(&service, "service", sink);
+        let method_label = self.label(&method, "method", sink);
+        [service, method, service_label, method_label]
     }
 
     /// The label value for `value` of label `label` (`other` past the limit, counted).
