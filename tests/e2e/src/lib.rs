@@ -3,6 +3,7 @@
 //! process it started (by PID, on drop, also when a test fails).
 
 pub mod bootstrap;
+pub mod controlplane;
 pub mod dubbo_load;
 pub mod dubbo_peer;
 pub mod envoy;
