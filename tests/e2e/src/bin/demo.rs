@@ -10,7 +10,9 @@
 //! Part 3, the control plane: `meltemi-controller serve` on an embedded default (the Aeraki
 //! MetaRouter, ApplicationProtocol and Istio ServiceEntry of `controller/testdata/minirpc`),
 //! Envoy bootstrapped from it over ADS, one MiniRPC client connection; then the MetaRouter file
-//! is rewritten and the same connection's calls move to the other version.
+//! is rewritten under it: the same connection's calls move to the other version, then are split
+//! 20/80 by weight, then Aeraki's local rate limit refuses the calls over its token bucket with
+//! MiniRPC errors; finally the metrics this Envoy exports.
 //! Everything started is stopped on exit.
 
 use meltemi_e2e::bootstrap::{Bridge, Destination, Engine};
@@ -48,16 +50,6 @@ fn main() {
     println!("\ndone: the controller, Envoy and every server stopped.");
 }
 
-/// A child process stopped (by PID) on drop.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The embedded default's MetaRouter with everything else going to `subset`.
 fn metarouter(subset: &str) -> String {
     std::fs::read_to_string(workspace::root().join("controller/testdata/minirpc/router.yaml"))
@@ -65,71 +57,73 @@ fn metarouter(subset: &str) -> String {
         .replace("        subset: v1", &format!("        subset: {subset}"))
 }
 
+/// The embedded default's MetaRouter with everything else split `v1`/`v2` by weight, and
+/// optionally Aeraki's local rate limit (a token bucket of `tokens` that refills once a minute).
+fn split_router(v1: u32, v2: u32, tokens: Option<u32>) -> String {
+    let mut text = metarouter("v1").replace(
+        "    - destination:\n        host: demo\n        subset: v1\n",
+        &format!(
+            "    - destination:\n        host: demo\n        subset: v1\n      weight: {v1}\n    - destination:\n        host: demo\n        subset: v2\n      weight: {v2}\n"
+        ),
+    );
+    if let Some(n) = tokens {
+        text.push_str(&format!(
+            "  localRateLimit:\n    tokenBucket:\n      maxTokens: {n}\n      tokensPerFill: {n}\n      fillInterval: 60s\n"
+        ));
+    }
+    text
+}
+
+/// Waits until a call on `c` is answered by `server`, calling `echo`; returns the answer and
+/// the number of calls it took.
+fn until_server(c: &mut Client, id: &mut u64, server: &str, what: &str) -> (Frame, u64) {
+    let since = std::time::Instant::now();
+    let mut calls = 0;
+    loop {
+        let r = c.call(&request(*id, "echo", &[], b"c"));
+        *id += 1;
+        calls += 1;
+        if r.headers.get("server") == Some(server) {
+            return (r, calls);
+        }
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(10),
+            "{what} never arrived"
+        );
+    }
+}
+
 fn controller() {
+    use meltemi_e2e::controlplane::{ControlPlane, Plan};
     use meltemi_e2e::minirpc_peer::Server;
     use std::time::{Duration, Instant};
-    println!("\nControl plane: building meltemi-controller; Aeraki MetaRouter + Istio ServiceEntry → Envoy over ADS");
-    let bin = workspace::build_controller();
-    let wasm = workspace::build_wasm("minirpc");
+    println!("\nControl plane: meltemi-controller; Aeraki MetaRouter + Istio ServiceEntry → Envoy over ADS");
     let (v1, v2) = (Server::start("v1"), Server::start("v2"));
-    let (port, xds, admin) = (
-        workspace::free_port(),
-        workspace::free_port(),
-        workspace::free_port(),
-    );
-    let dir = std::env::temp_dir().join(format!("meltemi-demo-controller-{}", std::process::id()));
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).expect("config dir");
+    let port = workspace::free_port();
     let testdata = workspace::root().join("controller/testdata/minirpc");
-    std::fs::copy(testdata.join("protocol.yaml"), config.join("protocol.yaml")).expect("copy");
-    let service = std::fs::read_to_string(testdata.join("service.yaml"))
-        .expect("service.yaml")
+    let read = |f: &str| std::fs::read_to_string(testdata.join(f)).expect("controller/testdata/minirpc");
+    let service = read("service.yaml")
         .replace("29000", &port.to_string())
         .replace("29101", &v1.port.to_string())
         .replace("29102", &v2.port.to_string());
-    std::fs::write(config.join("service.yaml"), service).expect("write");
-    std::fs::write(config.join("router.yaml"), metarouter("v1")).expect("write");
-    let log = dir.join("controller.log");
-    let ctl = Process(
-        std::process::Command::new(&bin)
-            .args(["serve", "--dir"])
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
-            .arg(format!("minirpc={}", wasm.display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start meltemi-controller"),
+    let cp = ControlPlane::start(
+        "demo",
+        &Plan {
+            engine: Engine::Wasm,
+            codecs: &[("minirpc", "minirpc")],
+            args: &[],
+            files: &[
+                ("protocol.yaml", read("protocol.yaml")),
+                ("service.yaml", service),
+                ("router.yaml", metarouter("v1")),
+            ],
+        },
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("xds server listening")
-    {
-        assert!(Instant::now() < deadline, "the controller did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let bootstrap = dir.join("envoy.json");
-    let out = std::process::Command::new(&bin)
-        .args([
-            "bootstrap",
-            "--xds",
-            &format!("127.0.0.1:{xds}"),
-            "--admin-port",
-        ])
-        .arg(admin.to_string())
-        .arg("-o")
-        .arg(&bootstrap)
-        .output()
-        .expect("meltemi-controller bootstrap");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let envoy = cp.envoy("demo-controller");
+    println!(
+        "  meltemi-controller serve --dir {} (MetaRouter: version=v2 → v2, everything else → v1 with env=prod)",
+        cp.config.display()
     );
-    let text = std::fs::read_to_string(&bootstrap).expect("bootstrap");
-    let envoy = Envoy::start("demo-controller", &text, admin);
-    println!("  meltemi-controller serve --dir {} (MetaRouter: version=v2 → v2, everything else → v1 with env=prod)", config.display());
     // The listener arrives over LDS: wait for it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut c = loop {
@@ -149,22 +143,10 @@ fn controller() {
         &c.call(&request(2, "echo", &[("version", "v2")], b"b")),
     );
     println!("  rewriting router.yaml: everything else → v2 (same client connection) …");
-    let tmp = config.join(".router.yaml.tmp");
-    std::fs::write(&tmp, metarouter("v2")).expect("write");
     let changed = Instant::now();
-    std::fs::rename(&tmp, config.join("router.yaml")).expect("rename");
+    cp.write("router.yaml", &metarouter("v2"));
     let mut id = 3;
-    let moved = loop {
-        let r = c.call(&request(id, "echo", &[], b"c"));
-        id += 1;
-        if r.headers.get("server") == Some("v2") {
-            break r;
-        }
-        assert!(
-            changed.elapsed() < Duration::from_secs(10),
-            "the route change never arrived"
-        );
-    };
+    let (moved, _) = until_server(&mut c, &mut id, "v2", "the route change");
     show(
         &format!(
             "echo after {:>4.0} ms  (live route change)",
@@ -172,13 +154,55 @@ fn controller() {
         ),
         &moved,
     );
+
+    println!("  rewriting router.yaml: everything else split 20 % v1 / 80 % v2 …");
+    cp.write("router.yaml", &split_router(20, 80, None));
+    until_server(&mut c, &mut id, "v1", "the split");
+    let (mut on_v1, mut on_v2) = (0, 0);
+    for _ in 0..500 {
+        let r = c.call(&request(id, "echo", &[], b"split"));
+        id += 1;
+        match r.headers.get("server") {
+            Some("v1") => on_v1 += 1,
+            Some("v2") => on_v2 += 1,
+            _ => {}
+        }
+    }
+    println!("  500 calls on the same connection: {on_v1} answered by v1, {on_v2} by v2");
+
+    println!("  adding Aeraki's localRateLimit (token bucket: 5 calls a minute) …");
+    let before = envoy.stat(&format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success"));
+    cp.write("router.yaml", &split_router(20, 80, Some(5)));
+    meltemi_e2e::controlplane::wait_for_routes(&envoy, "minirpc", port, before + 1);
+    let (mut ok, mut limited) = (0, 0);
+    let mut last = None;
+    for _ in 0..12 {
+        let r = c.call(&request(id, "echo", &[], b"limited"));
+        id += 1;
+        if r.kind == kind::ERROR {
+            limited += 1;
+            last = Some(r);
+        } else {
+            ok += 1;
+        }
+    }
+    println!("  12 calls: {ok} answered, {limited} refused by Envoy's local rate limit with MiniRPC errors:");
+    if let Some(r) = &last {
+        show("echo                (over the limit)", r);
+    }
     println!(
-        "  {} calls on one connection, none failed; the connection was never closed",
+        "  {} calls on one connection; the connection was never closed",
         id - 1
     );
-    drop(envoy);
-    drop(ctl);
-    let _ = std::fs::remove_dir_all(&dir);
+    envoy.wait_prom("meltemi_requests_total", &[("method", "echo")], 1.0);
+    println!("\nMetrics from the controller-driven Envoy's /stats/prometheus:");
+    for line in envoy.prometheus().lines() {
+        let shown = line.starts_with("meltemi_requests_total")
+            || line.starts_with("envoy_http_local_rate_limit");
+        if shown && !line.ends_with(" 0") {
+            println!("  {line}");
+        }
+    }
 }
 
 fn minirpc(engine: Engine) {
