@@ -301,6 +301,19 @@ pub fn bridge_cluster(_build: Build, name: &str, back_listener: &str) -> Value {
     })
 }
 
+/// HCM's HTTP/2 options for a front with `"hcm_protocol": "http2"` (h2c from the front): windows
+/// far above any call (16 MiB per stream, 256 MiB per connection), so that the front's DATA
+/// does not wait for HCM's WINDOW_UPDATE, and outbound frame limits for thousands of answers
+/// queued toward one client.
+pub fn http2_options() -> Value {
+    json!({
+        "initial_stream_window_size": 16 << 20,
+        "initial_connection_window_size": 256 << 20,
+        "max_outbound_frames": 100000,
+        "max_outbound_control_frames": 10000
+    })
+}
+
 /// The HTTP filters of the front HCM: buffer first (a local reply before the body is read
 /// would close the client connection), router last.
 pub fn http_filters() -> Value {

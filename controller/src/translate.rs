@@ -515,26 +515,29 @@ fn front_listener(
     } else {
         &options.bind
     };
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": format!("meltemi_{protocol}_{port}"),
+        "codec_type": "HTTP1",
+        "generate_request_id": false,
+        "rds": {
+            "route_config_name": route_config_name(port),
+            "config_source": rds_config_source(options.target)
+        },
+        "http_filters": template::http_filters()
+    });
+    // The module's `"hcm_protocol": "http2"` makes the front speak h2c to HCM: HCM must too.
+    if module.config.get("hcm_protocol").and_then(Value::as_str) == Some("http2") {
+        hcm["codec_type"] = json!("HTTP2");
+        hcm["http2_protocol_options"] = template::http2_options();
+    }
     json!({
         "name": format!("{bind}_{port}"),
         "address": {"socket_address": {"address": bind, "port_value": port}},
         "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
         "filter_chains": [{"filters": [
             template::front_filter(options.build, protocol, module, service),
-            {
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": format!("meltemi_{protocol}_{port}"),
-                    "codec_type": "HTTP1",
-                    "generate_request_id": false,
-                    "rds": {
-                        "route_config_name": route_config_name(port),
-                        "config_source": rds_config_source(options.target)
-                    },
-                    "http_filters": template::http_filters()
-                }
-            }
+            {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
         ]}]
     })
 }
@@ -1106,6 +1109,25 @@ spec:
             "outbound|20880||org.example.b"
         );
         crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn a_front_configured_for_http2_gets_an_http2_hcm() {
+        let hcm = |o: &Options| {
+            let r = translate(&inputs(DEMO), o).unwrap();
+            r.listeners["127.0.0.1_9000"]["filter_chains"][0]["filters"][1]["typed_config"].clone()
+        };
+        let mut o = options();
+        assert_eq!(hcm(&o)["codec_type"], "HTTP1");
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.config.insert("hcm_protocol".into(), json!("http2"));
+        }
+        let h2 = hcm(&o);
+        assert_eq!(h2["codec_type"], "HTTP2");
+        assert_eq!(
+            h2["http2_protocol_options"]["initial_stream_window_size"],
+            16 << 20
+        );
     }
 
     #[test]

@@ -67,6 +67,18 @@ fn rendered_bootstraps_pass_envoy_validate() {
         ),
         ("ads.json", vec!["bootstrap", "--xds", "127.0.0.1:18000"]),
         (
+            "http2.json",
+            vec![
+                "bootstrap",
+                "--dir",
+                testdata().to_str().unwrap_or_default(),
+                "--module",
+                &module,
+                "--filter-config",
+                r#"minirpc={"hcm_protocol": "http2"}"#,
+            ],
+        ),
+        (
             "native.json",
             vec![
                 "bootstrap",
@@ -102,6 +114,10 @@ fn rendered_bootstraps_pass_envoy_validate() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if name == "http2.json" {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            assert!(text.contains(r#""codec_type": "HTTP2""#), "{text}");
+        }
         let v = Command::new(envoy_binary())
             .args(["--mode", "validate", "-c"])
             .arg(&file)

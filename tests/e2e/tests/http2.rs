@@ -434,8 +434,69 @@ fn burst_outcomes(conn: &mut std::net::TcpStream, first_id: u64, count: u64) -> 
     out
 }
 
+/// The same 32 concurrent calls with Envoy configured by the controller: an Aeraki MetaRouter
+/// and an Istio ServiceEntry, the front's filter configuration asking for HTTP/2 toward HCM
+/// (`--filter-config dubbo='{"hcm_protocol": "http2"}'`).
+fn the_controller_renders_the_http2_front(engine: Engine) {
+    use meltemi_e2e::controlplane::{wait_for_routes, ControlPlane, Plan};
+    if !peers_available() {
+        return;
+    }
+    let provider = Provider::start(ProviderKind::Sofa, "v2");
+    let port = workspace::free_port();
+    let host = ECHO.to_ascii_lowercase();
+    let resources = format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {{name: echo, namespace: meta-dubbo, annotations: {{interface: {ECHO}}}}}
+spec:
+  hosts: [{host}]
+  ports: [{{number: {port}, name: tcp-metaprotocol-dubbo, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-metaprotocol-dubbo: {}}}, labels: {{version: v2}}}}]
+---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: echo, namespace: meta-dubbo}}
+spec:
+  hosts: [{host}]
+  routes: [{{route: [{{destination: {{host: {host}}}}}]}}]
+",
+        provider.port
+    );
+    let cp = ControlPlane::start(
+        "http2",
+        &Plan {
+            engine,
+            codecs: &[("dubbo", "meltemi-dubbo")],
+            args: &["--filter-config", r#"dubbo={"hcm_protocol": "http2"}"#],
+            files: &[("echo.yaml", resources)],
+        },
+    );
+    let envoy = cp.envoy("http2-controller");
+    wait_for_routes(&envoy, "dubbo", port, 1);
+    let warm = burst(port, ECHO, "slow", "warm", 32);
+    assert_eq!(warm.answered, 32, "{warm:?}\n{}", envoy.log());
+    let r = burst(port, ECHO, "slow", "h2", 32);
+    assert_eq!(
+        (r.answered, r.lost, r.mismatched.len()),
+        (32, 0, 0),
+        "{r:?}"
+    );
+    eprintln!(
+        "controller, http2: 32 calls of 50 ms on one connection in {:?}",
+        r.elapsed
+    );
+    assert!(
+        r.elapsed < Duration::from_millis(250),
+        "HTTP/2 from the controller: 32 concurrent 50 ms calls took {:?}",
+        r.elapsed
+    );
+}
+
 meltemi_e2e::on_every_engine!(
     thirty_two_calls_on_one_connection_run_concurrently,
+    the_controller_renders_the_http2_front,
     ten_thousand_calls_from_ten_connections_each_reach_its_caller,
     upstream_connections_stay_within_the_circuit_breaker,
     a_draining_hcm_s_goaway_answers_what_it_kept_and_closes_at_once,

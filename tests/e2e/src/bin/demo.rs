@@ -101,7 +101,8 @@ fn controller() {
     let (v1, v2) = (Server::start("v1"), Server::start("v2"));
     let port = workspace::free_port();
     let testdata = workspace::root().join("controller/testdata/minirpc");
-    let read = |f: &str| std::fs::read_to_string(testdata.join(f)).expect("controller/testdata/minirpc");
+    let read =
+        |f: &str| std::fs::read_to_string(testdata.join(f)).expect("controller/testdata/minirpc");
     let service = read("service.yaml")
         .replace("29000", &port.to_string())
         .replace("29101", &v1.port.to_string())
@@ -171,7 +172,9 @@ fn controller() {
     println!("  500 calls on the same connection: {on_v1} answered by v1, {on_v2} by v2");
 
     println!("  adding Aeraki's localRateLimit (token bucket: 5 calls a minute) …");
-    let before = envoy.stat(&format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success"));
+    let before = envoy.stat(&format!(
+        "http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success"
+    ));
     cp.write("router.yaml", &split_router(20, 80, Some(5)));
     meltemi_e2e::controlplane::wait_for_routes(&envoy, "minirpc", port, before + 1);
     let (mut ok, mut limited) = (0, 0);
