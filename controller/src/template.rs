@@ -322,6 +322,21 @@ pub fn http_filters() -> Value {
             "name": "envoy.filters.http.buffer",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
         },
+        // A server sees one dialect per connection: requests whose codec names a `dialect`
+        // (Thrift: transport and protocol) get pooled upstream connections of their own
+        // (filter state shared with the upstream is part of the pool's key).
+        {
+            "name": "envoy.filters.http.set_filter_state",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+                "on_request_headers": [{
+                    "object_key": "meltemi.dialect",
+                    "factory_key": "envoy.hashable_string",
+                    "format_string": {"text_format_source": {"inline_string": "%REQ(dialect)%"}},
+                    "shared_with_upstream": "ONCE"
+                }]
+            }
+        },
         {
             "name": "envoy.filters.http.router",
             "typed_config": {

@@ -194,7 +194,7 @@ impl Bridge<'_> {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
                     "on_request_headers": [{
                         "object_key": "meltemi.dialect",
-                        "factory_key": "envoy.string",
+                        "factory_key": "envoy.hashable_string",
                         "format_string": {"text_format_source": {"inline_string": "%REQ(dialect)%"}},
                         "shared_with_upstream": "ONCE"
                     }]

@@ -600,9 +600,87 @@ fn client_dialects_interleaved_through_one_bridge_and_one_server(engine: Engine)
     assert_clean_log(&envoy);
 }
 
+/// Clients of two dialects with Envoy configured by the controller (an Istio ServiceEntry and
+/// an Aeraki MetaRouter): the controller's HCM pools server connections per client dialect
+/// too — clients run one after another, and exactly one pooled connection per dialect opens.
+fn client_dialects_get_server_connections_of_their_own_through_the_controller(engine: Engine) {
+    use meltemi_e2e::controlplane::{wait_for_routes, ControlPlane, Plan};
+    if !peers_available() {
+        return;
+    }
+    let server = Server::start(Impl::Apache, "header", "binary", "py-any", &[]);
+    let port = workspace::free_port();
+    let resources = format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: meta}}
+spec:
+  hosts: [echo]
+  ports: [{{number: {port}, name: tcp-metaprotocol-thrift-echo, protocol: TCP}}]
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp-metaprotocol-thrift-echo: {}}}}}]
+---
+apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: echo, namespace: meta}}
+spec:
+  hosts: [echo]
+  routes: [{{route: [{{destination: {{host: echo}}}}]}}]
+",
+        server.port
+    );
+    let cp = ControlPlane::start(
+        "thrift-dialects",
+        &Plan {
+            engine,
+            codecs: &[("thrift", "meltemi-thrift")],
+            args: &[
+                "--filter-config",
+                r#"thrift={"codec": {"transport": "auto", "protocol": "auto"}}"#,
+            ],
+            files: &[("echo.yaml", resources)],
+        },
+    );
+    let envoy = cp.envoy("thrift-dialects-controller");
+    wait_for_routes(&envoy, "thrift", port, 1);
+    let dialects = [("header", "binary"), ("header", "compact")];
+    let clients: Vec<(Client, String)> = (0..6)
+        .map(|i| {
+            let (t, p) = dialects[i % 2];
+            let msg = format!("{t}-{p}-{i}");
+            let c = Client::new(Impl::Apache, t, p, port, "echo")
+                .arg("--msg")
+                .arg(&msg);
+            (c, msg)
+        })
+        .collect();
+    // One after another: one pooled server connection would serve them all if the pool did
+    // not tell dialects apart; it must open exactly one per dialect.
+    for (client, msg) in &clients {
+        let out = client.spawn().finish();
+        assert_printed(
+            &client.describe(),
+            &out,
+            &[format!("echo {}:{msg}", server.tag)],
+            &envoy,
+        );
+    }
+    assert_eq!(
+        envoy.stat(&format!("cluster.outbound|{port}||echo.upstream_cx_total")),
+        2,
+        "one pooled server connection per client dialect"
+    );
+    assert_counter(
+        &envoy,
+        "meltemi_decode_errors_total",
+        &[("protocol", "thrift")],
+        0.0,
+    );
+}
+
 meltemi_e2e::on_every_engine!(
     apache_client_to_apache_server_every_transport_and_protocol,
     thriftpy2_and_cross_implementation,
     routing_no_route_mutation_and_multiplexing,
     client_dialects_interleaved_through_one_bridge_and_one_server,
+    client_dialects_get_server_connections_of_their_own_through_the_controller,
 );
