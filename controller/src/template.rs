@@ -304,11 +304,15 @@ pub fn bridge_cluster(_build: Build, name: &str, back_listener: &str) -> Value {
 /// The HTTP filters of the front HCM: buffer first (a local reply before the body is read
 /// would close the client connection), router last.
 pub fn http_filters() -> Value {
+    let authz_filters = crate::authz::http_filters();
     json!([
         {
             "name": "envoy.filters.http.buffer",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
         },
+        // Authorization (`crate::authz`): enforces what each virtual host configures.
+        authz_filters[0],
+        authz_filters[1],
         {
             "name": "envoy.filters.http.router",
             "typed_config": {
