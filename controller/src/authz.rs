@@ -219,9 +219,9 @@ pub struct PortPolicies {
 
 fn same_list<T: PartialEq>(a: &[Shared<T>], b: &[Shared<T>]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            std::sync::Arc::ptr_eq(a, b) || (a.spec == b.spec && a.meta == b.meta)
-        })
+        && a.iter()
+            .zip(b)
+            .all(|(a, b)| std::sync::Arc::ptr_eq(a, b) || (a.spec == b.spec && a.meta == b.meta))
 }
 
 impl PartialEq for PortPolicies {
@@ -246,7 +246,11 @@ impl PortPolicies {
             dubbo: inputs
                 .dubbo_authz
                 .iter()
-                .filter(|p| services.iter().any(|(_, ns)| dubbo_applies(p, ns, protocol)))
+                .filter(|p| {
+                    services
+                        .iter()
+                        .any(|(_, ns)| dubbo_applies(p, ns, protocol))
+                })
                 .cloned()
                 .collect(),
             meta: inputs
@@ -273,7 +277,11 @@ impl PortPolicies {
             for (i, rule) in p.spec.rules.iter().enumerate() {
                 into.insert(
                     rule_name(p, i),
-                    policy(&rule.from, rule.to.iter().map(|t| t.operation.as_ref()), dubbo_op),
+                    policy(
+                        &rule.from,
+                        rule.to.iter().map(|t| t.operation.as_ref()),
+                        dubbo_op,
+                    ),
                 );
             }
         }
@@ -287,7 +295,11 @@ impl PortPolicies {
             for (i, rule) in p.spec.rules.iter().enumerate() {
                 into.insert(
                     rule_name(p, i),
-                    policy(&rule.from, rule.to.iter().map(|t| t.operation.as_ref()), meta_op),
+                    policy(
+                        &rule.from,
+                        rule.to.iter().map(|t| t.operation.as_ref()),
+                        meta_op,
+                    ),
                 );
             }
         }
@@ -395,7 +407,11 @@ fn header_any(key: &str, values: &[String], negate: bool) -> Option<Value> {
     } else {
         json!({"or_rules": {"rules": rules}})
     };
-    Some(if negate { json!({"not_rule": any}) } else { any })
+    Some(if negate {
+        json!({"not_rule": any})
+    } else {
+        any
+    })
 }
 
 fn dubbo_op(o: &DubboOperation) -> Vec<Value> {
@@ -425,8 +441,12 @@ fn meta_op(o: &MetaOperation) -> Vec<Value> {
             continue; // validation refuses it
         };
         let m = match sm {
-            Some(sm) if sm.exact.is_some() => json!({"name": name, "string_match": {"exact": sm.exact}}),
-            Some(sm) if sm.prefix.is_some() => json!({"name": name, "string_match": {"prefix": sm.prefix}}),
+            Some(sm) if sm.exact.is_some() => {
+                json!({"name": name, "string_match": {"exact": sm.exact}})
+            }
+            Some(sm) if sm.prefix.is_some() => {
+                json!({"name": name, "string_match": {"prefix": sm.prefix}})
+            }
             Some(sm) if sm.regex.as_deref().is_some_and(|r| r != "*") => {
                 json!({"name": name, "string_match": {"safe_regex": {"regex": sm.regex}}})
             }
@@ -543,10 +563,34 @@ fn check_from<T>(out: &mut Vec<Problem>, obj: &Object<T>, kind: &str, r: usize, 
             out.push(problem(obj, kind, field, "missing"));
             continue;
         };
-        check_wildcards(out, obj, kind, &format!("{field}.principals"), &s.principals);
-        check_wildcards(out, obj, kind, &format!("{field}.notPrincipals"), &s.not_principals);
-        check_wildcards(out, obj, kind, &format!("{field}.namespaces"), &s.namespaces);
-        check_wildcards(out, obj, kind, &format!("{field}.notNamespaces"), &s.not_namespaces);
+        check_wildcards(
+            out,
+            obj,
+            kind,
+            &format!("{field}.principals"),
+            &s.principals,
+        );
+        check_wildcards(
+            out,
+            obj,
+            kind,
+            &format!("{field}.notPrincipals"),
+            &s.not_principals,
+        );
+        check_wildcards(
+            out,
+            obj,
+            kind,
+            &format!("{field}.namespaces"),
+            &s.namespaces,
+        );
+        check_wildcards(
+            out,
+            obj,
+            kind,
+            &format!("{field}.notNamespaces"),
+            &s.not_namespaces,
+        );
     }
 }
 
@@ -564,7 +608,13 @@ pub fn validate(inputs: &Inputs, out: &mut Vec<Problem>) {
                     continue;
                 };
                 check_wildcards(out, p, k, &format!("{field}.interfaces"), &o.interfaces);
-                check_wildcards(out, p, k, &format!("{field}.notInterfaces"), &o.not_interfaces);
+                check_wildcards(
+                    out,
+                    p,
+                    k,
+                    &format!("{field}.notInterfaces"),
+                    &o.not_interfaces,
+                );
                 check_wildcards(out, p, k, &format!("{field}.methods"), &o.methods);
                 check_wildcards(out, p, k, &format!("{field}.notMethods"), &o.not_methods);
             }
@@ -623,7 +673,12 @@ pub fn validate(inputs: &Inputs, out: &mut Vec<Problem>) {
                             .filter(|b| **b)
                             .count();
                         if set > 1 {
-                            out.push(problem(p, k, af.clone(), "give one of exact, prefix, regex"));
+                            out.push(problem(
+                                p,
+                                k,
+                                af.clone(),
+                                "give one of exact, prefix, regex",
+                            ));
                         }
                         if let Some(re) = sm.regex.as_deref().filter(|r| *r != "*") {
                             if let Err(e) = regex::Regex::new(re) {
@@ -643,7 +698,10 @@ pub fn validate(inputs: &Inputs, out: &mut Vec<Problem>) {
 }
 
 fn meltemi_service(se: &Object<ServiceEntrySpec>) -> bool {
-    se.spec.ports.iter().any(|p| port_protocol(&p.name).is_some())
+    se.spec
+        .ports
+        .iter()
+        .any(|p| port_protocol(&p.name).is_some())
 }
 
 /// Whether the loader should read this document as one of the authorization kinds; `Err`
@@ -669,4 +727,373 @@ pub enum Which {
     Dubbo,
     /// `MetaAuthorizationPolicy`.
     Meta,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{load_text, Loaded};
+    use crate::template::{FailurePolicy, Module, ModuleSource};
+    use crate::translate::{translate, translate_cached, Cache, Options};
+
+    const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: echo, namespace: meta}
+spec:
+  hosts: [org.meltemi.demo.echoservice, org.meltemi.demo.otherservice]
+  ports: [{number: 20880, name: tcp-metaprotocol-dubbo}]
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: thrift, namespace: meta}
+spec:
+  hosts: [echo]
+  ports: [{number: 9090, name: tcp-metaprotocol-thrift-echo}]
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [elsewhere]
+  ports: [{number: 9091, name: tcp-metaprotocol-thrift}]
+  endpoints: [{address: 127.0.0.1}]
+"#;
+
+    const POLICIES: &str = r#"
+apiVersion: dubbo.aeraki.io/v1alpha1
+kind: DubboAuthorizationPolicy
+metadata: {name: deny-other, namespace: meta}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {interfaces: [org.meltemi.demo.OtherService]}}]
+---
+apiVersion: dubbo.aeraki.io/v1alpha1
+kind: DubboAuthorizationPolicy
+metadata: {name: allow-web, namespace: meta}
+spec:
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/front/sa/web], notNamespaces: [batch]}
+    - source: {namespaces: [ops]}
+    to:
+    - operation: {methods: [echo, "get*"], notMethods: [secret]}
+---
+apiVersion: meltemi.io/v1alpha1
+kind: MetaAuthorizationPolicy
+metadata: {name: thrift-tenants, namespace: meta}
+spec:
+  hosts: [echo]
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        methods: [add]
+        attributes: {x-tenant: {exact: blocked}, x-region: {regex: "eu-.*"}, x-any: {}}
+"#;
+
+    fn options() -> Options {
+        let module = |name: &str| Module {
+            source: ModuleSource::Local(format!("/m/{name}.wasm")),
+            native: None,
+            failure_policy: FailurePolicy::Closed,
+            config: Default::default(),
+        };
+        Options {
+            modules: [
+                ("dubbo".to_owned(), module("dubbo")),
+                ("thrift".to_owned(), module("thrift")),
+            ]
+            .into(),
+            bind: "127.0.0.1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn load(files: &[(&str, &str)]) -> Loaded {
+        let mut loaded = Loaded::default();
+        for (file, text) in files {
+            load_text(file, text, &mut loaded);
+        }
+        loaded
+    }
+
+    fn valid(files: &[(&str, &str)]) -> Inputs {
+        let loaded = load(files);
+        assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+        let problems = crate::validate::validate(&loaded.inputs);
+        assert!(problems.is_empty(), "{problems:?}");
+        loaded.inputs
+    }
+
+    fn problems(policy: &str) -> Vec<String> {
+        let loaded = load(&[("se.yaml", SERVICES), ("p.yaml", policy)]);
+        let mut out: Vec<String> = loaded.problems.iter().map(|p| p.to_string()).collect();
+        out.extend(
+            crate::validate::validate(&loaded.inputs)
+                .iter()
+                .map(|p| p.to_string()),
+        );
+        out
+    }
+
+    fn vhost<'a>(r: &'a crate::translate::Resources, port: u32, host: &str) -> &'a Value {
+        r.routes[&format!("meltemi_{port}")]["virtual_hosts"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["domains"][0] == host))
+            .unwrap_or_else(|| panic!("no virtual host {host}"))
+    }
+
+    #[test]
+    fn policies_become_rbac_on_the_virtual_hosts_they_apply_to() {
+        let inputs = valid(&[("se.yaml", SERVICES), ("p.yaml", POLICIES)]);
+        assert_eq!((inputs.dubbo_authz.len(), inputs.meta_authz.len()), (2, 1));
+        let r = translate(&inputs, &options()).unwrap();
+        // Every front HCM carries both filters, before the router, enforcing nothing alone.
+        let filters = &r.listeners["127.0.0.1_9091"]["filter_chains"][0]["filters"][1]
+            ["typed_config"]["http_filters"];
+        let names: Vec<&str> = filters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["name"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "envoy.filters.http.buffer",
+                DENY_FILTER,
+                ALLOW_FILTER,
+                "envoy.filters.http.router"
+            ]
+        );
+        assert!(filters[1]["typed_config"].get("rules").is_none());
+
+        // Dubbo: both Dubbo policies of namespace `meta` on both interfaces.
+        for host in [
+            "org.meltemi.demo.echoservice",
+            "org.meltemi.demo.otherservice",
+        ] {
+            let cfg = &vhost(&r, 20880, host)["typed_per_filter_config"];
+            let deny = &cfg[DENY_FILTER]["rbac"]["rules"];
+            assert_eq!(deny["action"], "DENY");
+            let rule = &deny["policies"]["ns[meta]-policy[deny-other]-rule[0]"];
+            assert_eq!(
+                rule["permissions"][0],
+                json!({"header": {"name": "interface", "string_match": {"exact": "org.meltemi.demo.OtherService"}}})
+            );
+            assert_eq!(rule["principals"][0], json!({"any": true}));
+            let allow = &cfg[ALLOW_FILTER]["rbac"]["rules"];
+            assert_eq!(allow["action"], "ALLOW");
+            let rule = &allow["policies"]["ns[meta]-policy[allow-web]-rule[0]"];
+            assert_eq!(
+                rule["principals"][0],
+                json!({"and_ids": {"ids": [
+                    {"authenticated": {"principal_name": {"exact": "spiffe://cluster.local/ns/front/sa/web"}}},
+                    {"not_id": {"authenticated": {"principal_name": {"safe_regex": {"regex": ".*/ns/batch/.*"}}}}}
+                ]}})
+            );
+            assert_eq!(
+                rule["principals"][1],
+                json!({"authenticated": {"principal_name": {"safe_regex": {"regex": ".*/ns/ops/.*"}}}})
+            );
+            assert_eq!(
+                rule["permissions"][0],
+                json!({"and_rules": {"rules": [
+                    {"or_rules": {"rules": [
+                        {"header": {"name": "method", "string_match": {"exact": "echo"}}},
+                        {"header": {"name": "method", "string_match": {"prefix": "get"}}}
+                    ]}},
+                    {"not_rule": {"header": {"name": "method", "string_match": {"exact": "secret"}}}}
+                ]}})
+            );
+        }
+        // Thrift: only the Meta policy (Dubbo policies are for Dubbo services), DENY only.
+        let cfg = &vhost(&r, 9090, "echo")["typed_per_filter_config"];
+        assert!(cfg.get(ALLOW_FILTER).is_none(), "{cfg}");
+        let rule = &cfg[DENY_FILTER]["rbac"]["rules"]["policies"]
+            ["ns[meta]-policy[thrift-tenants]-rule[0]"];
+        let rules = rule["permissions"][0]["and_rules"]["rules"]
+            .as_array()
+            .unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            rules[1],
+            json!({"header": {"name": "x-any", "present_match": true}})
+        );
+        assert_eq!(
+            rules[2]["header"]["string_match"]["safe_regex"]["regex"],
+            "eu-.*"
+        );
+        // Another namespace's service and the local virtual host have none.
+        assert!(vhost(&r, 9091, "elsewhere")
+            .get("typed_per_filter_config")
+            .is_none());
+        assert!(vhost(&r, 9090, "meltemi.local")
+            .get("typed_per_filter_config")
+            .is_none());
+        // Envoy's schema accepts it all (listeners, RBAC per route).
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn allow_without_rules_allows_nothing_and_empty_rule_allows_all() {
+        let text = r#"
+apiVersion: meltemi.io/v1alpha1
+kind: MetaAuthorizationPolicy
+metadata: {name: nothing, namespace: meta}
+spec: {hosts: [echo]}
+---
+apiVersion: meltemi.io/v1alpha1
+kind: MetaAuthorizationPolicy
+metadata: {name: everything, namespace: other}
+spec:
+  rules: [{}]
+"#;
+        let r = translate(
+            &valid(&[("se.yaml", SERVICES), ("p.yaml", text)]),
+            &options(),
+        )
+        .unwrap();
+        let allow = &vhost(&r, 9090, "echo")["typed_per_filter_config"][ALLOW_FILTER];
+        assert_eq!(
+            allow["rbac"]["rules"],
+            json!({"action": "ALLOW", "policies": {}})
+        );
+        let all = &vhost(&r, 9091, "elsewhere")["typed_per_filter_config"][ALLOW_FILTER];
+        assert_eq!(
+            all["rbac"]["rules"]["policies"]["ns[other]-policy[everything]-rule[0]"],
+            json!({"permissions": [{"any": true}], "principals": [{"any": true}]})
+        );
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn invalid_policies_name_file_resource_and_field() {
+        let cases = [
+            (
+                "apiVersion: dubbo.aeraki.io/v1alpha1\nkind: DubboAuthorizationPolicy\nmetadata: {name: a, namespace: meta}\nspec: {action: REJECT}\n",
+                "p.yaml (document 1): DubboAuthorizationPolicy meta/a: field `spec.action`: `REJECT`: must be ALLOW or DENY",
+            ),
+            (
+                "apiVersion: dubbo.aeraki.io/v1alpha1\nkind: DubboAuthorizationPolicy\nmetadata: {name: a, namespace: meta}\nspec:\n  rules: [{to: [{operation: {interface: [x]}}]}]\n",
+                "p.yaml (document 1): DubboAuthorizationPolicy meta/a: field `spec.rules[0].to[0].operation.interface`: unknown field",
+            ),
+            (
+                "apiVersion: dubbo.aeraki.io/v1beta1\nkind: DubboAuthorizationPolicy\nmetadata: {name: a}\n",
+                "p.yaml (document 1): DubboAuthorizationPolicy default/a: field `apiVersion`: dubbo.aeraki.io/v1beta1 is not supported; use dubbo.aeraki.io/v1alpha1",
+            ),
+            (
+                "apiVersion: dubbo.aeraki.io/v1alpha1\nkind: DubboAuthorizationPolicy\nmetadata: {name: a, namespace: meta}\nspec:\n  rules: [{from: [{source: {principals: [\"a*b\"]}}, {}]}]\n",
+                "field `spec.rules[0].from[0].source.principals[0]`: `a*b`: `*` may stand alone",
+            ),
+            (
+                "apiVersion: dubbo.aeraki.io/v1alpha1\nkind: DubboAuthorizationPolicy\nmetadata: {name: a, namespace: meta}\nspec:\n  rules: [{from: [{}]}]\n",
+                "field `spec.rules[0].from[0].source`: missing",
+            ),
+            (
+                "apiVersion: meltemi.io/v1alpha1\nkind: MetaAuthorizationPolicy\nmetadata: {name: m, namespace: meta}\nspec: {hosts: [elsewhere]}\n",
+                "p.yaml (document 1): MetaAuthorizationPolicy meta/m: field `spec.hosts[0]`: `elsewhere` is not a Meltemi service of namespace meta",
+            ),
+            (
+                "apiVersion: meltemi.io/v1alpha1\nkind: MetaAuthorizationPolicy\nmetadata: {name: m, namespace: meta}\nspec:\n  rules: [{to: [{operation: {attributes: {x: {regex: \"(\"}}}}]}]\n",
+                "MetaAuthorizationPolicy meta/m: field `spec.rules[0].to[0].operation.attributes.x.regex`: invalid regex",
+            ),
+            (
+                "apiVersion: meltemi.io/v1alpha1\nkind: MetaAuthorizationPolicy\nmetadata: {name: m, namespace: meta}\nspec:\n  rules: [{to: [{operation: {attributes: {\"a b\": {exact: x, prefix: p}}}}]}]\n",
+                "field `spec.rules[0].to[0].operation.attributes.a b`: give one of exact, prefix, regex",
+            ),
+            (
+                "apiVersion: meltemi.io/v1alpha1\nkind: MetaAuthorizationPolicy\nmetadata: {name: m, namespace: meta}\nspec:\n  rules: [{to: [{operation: {attributes: {\"a b\": {exact: x}}}}]}]\n",
+                "field `spec.rules[0].to[0].operation.attributes.a b`: not a metadata key",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = problems(text);
+            assert!(
+                got.iter().any(|p| p.contains(want)),
+                "want {want:?} in {got:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_change_retranslates_only_the_ports_it_applies_to() {
+        let mut cache = Cache::default();
+        let o = options();
+        let base = valid(&[("se.yaml", SERVICES)]);
+        translate_cached(&base, &o, &mut cache).unwrap();
+        assert_eq!(cache.translated, 3);
+        // A Thrift policy of namespace `meta`: the Thrift port of `meta` only.
+        let deny = |method: &str| {
+            format!("apiVersion: meltemi.io/v1alpha1\nkind: MetaAuthorizationPolicy\nmetadata: {{name: m, namespace: meta}}\nspec:\n  hosts: [echo]\n  action: DENY\n  rules: [{{to: [{{operation: {{methods: [{method}]}}}}]}}]\n")
+        };
+        let one = valid(&[("se.yaml", SERVICES), ("p.yaml", &deny("add"))]);
+        let r = translate_cached(&one, &o, &mut cache).unwrap().clone();
+        assert_eq!(cache.translated, 1);
+        assert_eq!(r, translate(&one, &o).unwrap(), "the cache changes nothing");
+        assert!(vhost(&r, 9090, "echo")["typed_per_filter_config"][DENY_FILTER].is_object());
+        // The same policy re-read (a new allocation, equal): nothing to do.
+        let again = valid(&[("se.yaml", SERVICES), ("p.yaml", &deny("add"))]);
+        translate_cached(&again, &o, &mut cache).unwrap();
+        assert_eq!(cache.translated, 0);
+        // Its rules change: that port again, with the new method.
+        let two = valid(&[("se.yaml", SERVICES), ("p.yaml", &deny("echo"))]);
+        let r = translate_cached(&two, &o, &mut cache).unwrap().clone();
+        assert_eq!(cache.translated, 1);
+        assert_eq!(r, translate(&two, &o).unwrap());
+        let rule = &vhost(&r, 9090, "echo")["typed_per_filter_config"][DENY_FILTER]["rbac"]
+            ["rules"]["policies"]["ns[meta]-policy[m]-rule[0]"];
+        assert_eq!(
+            rule["permissions"][0]["header"]["string_match"]["exact"],
+            "echo"
+        );
+        // Only RDS changes: the listeners are the same.
+        assert_eq!(
+            r.listeners,
+            translate(&base, &o).unwrap().listeners,
+            "a policy never changes a listener"
+        );
+        // A Dubbo policy touches the Dubbo port; removing everything restores the first output.
+        let dubbo = "apiVersion: dubbo.aeraki.io/v1alpha1\nkind: DubboAuthorizationPolicy\nmetadata: {name: d, namespace: meta}\nspec: {action: DENY, rules: [{}]}\n";
+        let three = valid(&[
+            ("se.yaml", SERVICES),
+            ("p.yaml", &deny("echo")),
+            ("d.yaml", dubbo),
+        ]);
+        translate_cached(&three, &o, &mut cache).unwrap();
+        assert_eq!(cache.translated, 1);
+        let r = translate_cached(&base, &o, &mut cache).unwrap().clone();
+        assert_eq!(cache.translated, 2);
+        assert_eq!(r, translate(&base, &o).unwrap());
+    }
+
+    #[test]
+    fn front_tls_terminates_mutual_tls_on_every_front_listener() {
+        let mut o = options();
+        o.front_tls = Some(FrontTls {
+            cert: "/c/server.pem".into(),
+            key: "/c/server.key".into(),
+            client_ca: Some("/c/ca.pem".into()),
+        });
+        let r = translate(&valid(&[("se.yaml", SERVICES)]), &o).unwrap();
+        for l in r.listeners.values().filter(|l| l.get("address").is_some()) {
+            let ts = &l["filter_chains"][0]["transport_socket"]["typed_config"];
+            assert_eq!(ts["require_client_certificate"], true);
+            assert_eq!(
+                ts["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+                "/c/ca.pem"
+            );
+        }
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+        assert!(translate(&valid(&[("se.yaml", SERVICES)]), &options())
+            .unwrap()
+            .listeners
+            .values()
+            .filter(|l| l.get("address").is_some())
+            .all(|l| l["filter_chains"][0].get("transport_socket").is_none()));
+    }
 }

@@ -232,9 +232,15 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
                     source,
                     problems,
                 ),
-                Some(Ok(crate::authz::Which::Meta)) => {
-                    push(&mut inputs.meta_authz, &api, &kind, meta, spec, source, problems)
-                }
+                Some(Ok(crate::authz::Which::Meta)) => push(
+                    &mut inputs.meta_authz,
+                    &api,
+                    &kind,
+                    meta,
+                    spec,
+                    source,
+                    problems,
+                ),
                 Some(Err(message)) => problems.push(Problem {
                     resource: format!(
                         "{kind} {}/{}",
