@@ -221,6 +221,39 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        _ if crate::authz::kind_of(&api, &kind).is_some() => {
+            match crate::authz::kind_of(&api, &kind) {
+                Some(Ok(crate::authz::Which::Dubbo)) => push(
+                    &mut inputs.dubbo_authz,
+                    &api,
+                    &kind,
+                    meta,
+                    spec,
+                    source,
+                    problems,
+                ),
+                Some(Ok(crate::authz::Which::Meta)) => push(
+                    &mut inputs.meta_authz,
+                    &api,
+                    &kind,
+                    meta,
+                    spec,
+                    source,
+                    problems,
+                ),
+                Some(Err(message)) => problems.push(Problem {
+                    resource: format!(
+                        "{kind} {}/{}",
+                        meta.namespace.as_deref().unwrap_or("default"),
+                        meta.name
+                    ),
+                    source,
+                    field: "apiVersion".into(),
+                    message,
+                }),
+                None => {}
+            }
+        }
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);

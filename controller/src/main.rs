@@ -1,6 +1,7 @@
 //! `meltemi-controller`: the command line. Subcommands `check`, `bootstrap` and `serve`; the
 //! work is done in the library modules, this file only parses flags, prints and sets exit codes.
 
+mod authz;
 mod envoyfilter;
 mod kubernetes;
 mod load;
@@ -192,6 +193,17 @@ struct Common {
     /// Namespace of resources that name none, as `kubectl apply -n` (default: `default`).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
+    /// Front listeners terminate TLS with this PEM certificate chain (on the Envoy host),
+    /// so that authorization policies see the client's identity.
+    #[arg(long, value_name = "PATH", requires = "front_tls_key")]
+    front_tls_cert: Option<String>,
+    /// The private key of `--front-tls-cert`.
+    #[arg(long, value_name = "PATH", requires = "front_tls_cert")]
+    front_tls_key: Option<String>,
+    /// Require a client certificate chaining to this CA bundle (mutual TLS; the peer's SPIFFE
+    /// URI SAN is the principal `from.source` matches).
+    #[arg(long, value_name = "PATH", requires = "front_tls_cert")]
+    front_tls_client_ca: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -288,6 +300,14 @@ impl Common {
             },
             namespace: self.namespace.clone(),
             target: translate::Target::Envoy,
+            front_tls: match (&self.front_tls_cert, &self.front_tls_key) {
+                (Some(cert), Some(key)) => Some(authz::FrontTls {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.front_tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
         })
     }
 }

@@ -485,6 +485,10 @@ pub struct Inputs {
     pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     /// `DestinationRule`s.
     pub destination_rules: Vec<Shared<DestinationRuleSpec>>,
+    /// Aeraki `DubboAuthorizationPolicy`s (`crate::authz`).
+    pub dubbo_authz: Vec<Shared<crate::authz::DubboAuthorizationPolicySpec>>,
+    /// Meltemi `MetaAuthorizationPolicy`s (`crate::authz`).
+    pub meta_authz: Vec<Shared<crate::authz::MetaAuthorizationPolicySpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

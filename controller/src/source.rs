@@ -316,6 +316,8 @@ impl Pipeline {
             inputs
                 .destination_rules
                 .extend(i.destination_rules.iter().cloned());
+            inputs.dubbo_authz.extend(i.dubbo_authz.iter().cloned());
+            inputs.meta_authz.extend(i.meta_authz.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

@@ -317,6 +317,7 @@ pub fn http2_options() -> Value {
 /// The HTTP filters of the front HCM: buffer first (a local reply before the body is read
 /// would close the client connection), router last.
 pub fn http_filters() -> Value {
+    let authz_filters = crate::authz::http_filters();
     json!([
         {
             "name": "envoy.filters.http.buffer",
@@ -337,6 +338,9 @@ pub fn http_filters() -> Value {
                 }]
             }
         },
+        // Authorization (`crate::authz`): enforces what each virtual host configures.
+        authz_filters[0],
+        authz_filters[1],
         {
             "name": "envoy.filters.http.router",
             "typed_config": {

@@ -39,6 +39,8 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Plain Envoy or Istio sidecars/gateways.
     pub target: Target,
+    /// TLS the front listeners terminate (source identities for authorization).
+    pub front_tls: Option<crate::authz::FrontTls>,
 }
 
 /// Who runs the resources.
@@ -164,6 +166,8 @@ struct PortKeyRef<'a> {
     protocol: &'a str,
     module: &'a Module,
     services: Vec<SvcKeyRef<'a>>,
+    /// The authorization policies that apply to the port's services.
+    authz: crate::authz::PortPolicies,
 }
 
 struct SvcKeyRef<'a> {
@@ -184,6 +188,7 @@ struct PortKey {
     protocol: String,
     module: Module,
     services: Vec<SvcKey>,
+    authz: crate::authz::PortPolicies,
 }
 
 #[derive(Debug)]
@@ -212,6 +217,7 @@ fn same_opt<T: PartialEq>(a: Option<&Shared<T>>, b: Option<&Shared<T>>) -> bool 
 impl PortKeyRef<'_> {
     fn same_as(&self, k: &PortKey) -> bool {
         self.protocol == k.protocol
+            && self.authz == k.authz
             && *self.module == k.module
             && self.services.len() == k.services.len()
             && self.services.iter().zip(&k.services).all(|(r, k)| {
@@ -232,6 +238,7 @@ impl PortKeyRef<'_> {
         PortKey {
             protocol: self.protocol.to_owned(),
             module: self.module.clone(),
+            authz: self.authz.clone(),
             services: self
                 .services
                 .iter()
@@ -405,13 +412,21 @@ pub fn translate_cached<'c>(
                         .collect(),
                 })
                 .collect(),
+            authz: crate::authz::PortPolicies::for_port(
+                inputs,
+                protocol,
+                &services
+                    .iter()
+                    .map(|s| (s.host, s.se.namespace()))
+                    .collect::<Vec<_>>(),
+            ),
         };
         if matches!(cache.ports.get(port), Some((cached, _)) if key.same_as(cached)) {
             continue;
         }
         cache.translated += 1;
         let output = Arc::new(translate_port(
-            options, *port, protocol, module, services, &drs,
+            options, *port, protocol, module, services, &drs, &key.authz,
         ));
         if let Some((_, old)) = cache.ports.remove(port) {
             cache.apply(&old, false);
@@ -458,6 +473,7 @@ fn translate_port(
     module: &Module,
     services: &[Service<'_>],
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
+    authz: &crate::authz::PortPolicies,
 ) -> PortOutput {
     let mut out = Fragment::default();
     // One host on the port: the listener names it. Several (Dubbo interface-level
@@ -479,11 +495,13 @@ fn translate_port(
                 .collect::<Vec<_>>(),
             None => vec![default_route(svc)],
         };
-        vhosts.push(json!({
+        let mut vhost = json!({
             "name": format!("{}:{}", svc.host, svc.port),
             "domains": [svc.host],
             "routes": routes
-        }));
+        });
+        authz.apply(&mut vhost, protocol, svc.host, svc.se.namespace());
+        vhosts.push(vhost);
         destinations(&mut out, options, protocol, module, svc);
     }
     let name = route_config_name(port);
@@ -531,7 +549,7 @@ fn front_listener(
         hcm["codec_type"] = json!("HTTP2");
         hcm["http2_protocol_options"] = template::http2_options();
     }
-    json!({
+    let mut listener = json!({
         "name": format!("{bind}_{port}"),
         "address": {"socket_address": {"address": bind, "port_value": port}},
         "per_connection_buffer_limit_bytes": BUFFER_LIMIT,
@@ -539,7 +557,11 @@ fn front_listener(
             template::front_filter(options.build, protocol, module, service),
             {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
         ]}]
-    })
+    });
+    if let Some(tls) = &options.front_tls {
+        listener["filter_chains"][0]["transport_socket"] = crate::authz::transport_socket(tls);
+    }
+    listener
 }
 
 /// Subset policy fields override the rule's, field by field (Istio's merge).
@@ -947,6 +969,7 @@ spec:
             build: Build::Wasm,
             namespace: None,
             target: Target::Envoy,
+            front_tls: None,
         }
     }
 

@@ -423,6 +423,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
             }
         }
     }
+    crate::authz::validate(inputs, &mut out);
     out
 }
 

@@ -19,12 +19,16 @@ def parse_args(role, transports=("buffered", "framed", "header")):
     else:
         p.add_argument("--non-strict", action="store_true", help="binary protocol without the 0x8001 version")
         p.add_argument("--header", action="append", default=[], metavar="K=V", help="THeader info header per call")
-        p.add_argument("--scenario", choices=("full", "echo", "e2e", "route", "inspect", "oneway"),
+        p.add_argument("--call", action="append", default=[], metavar="STEP",
+                       help="calls scenario: METHOD[@K=V,...] (echo, add, inspect; THeader info "
+                       "headers for that call) or wait:PATH (creates PATH.ready, then waits for PATH)")
+        p.add_argument("--scenario", choices=("full", "echo", "e2e", "route", "inspect", "oneway", "calls"),
                        default="full",
                        help="full: one call of every shape (captured); echo: one echo; e2e: full plus "
                        "large/UTF-8/i64/one-way checks; route: calls for the proxy's routing table "
                        "(Apache only); inspect: print what the server saw; oneway: a one-way call "
-                       "first on the connection, then two-way calls")
+                       "first on the connection, then two-way calls; calls: the --call steps on "
+                       "one connection, each answer or TApplicationException printed (Apache only)")
         p.add_argument("--msg", default="hello")
     args = p.parse_args()
     if args.host not in ("127.0.0.1", "localhost", "::1"):

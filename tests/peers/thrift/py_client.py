@@ -34,6 +34,43 @@ def run_route(client, header_proto, msg):
     print("echo", client.echo(msg + "3"))
 
 
+def run_calls(client, header_proto, msg, steps):
+    """The `--call` steps on this one connection, for proxies that refuse some calls: each
+    call prints `CALL <i> OK <answer>` or `CALL <i> ERR TApplicationException type=<t> ...`
+    and the next call goes on the same connection. `wait:PATH` creates `PATH.ready` and
+    waits until PATH exists, so that a test can change the proxy between two calls."""
+    import time
+    for i, step in enumerate(steps):
+        if step.startswith("wait:"):
+            path = step[len("wait:"):]
+            open(path + ".ready", "w").close()
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"step {i}: {path} never appeared")
+                time.sleep(0.01)
+            continue
+        method, _, headers = step.partition("@")
+        for kv in filter(None, headers.split(",")):
+            if header_proto is None:
+                raise SystemExit("headers need --transport header")
+            k, _, v = kv.partition("=")
+            header_proto.set_header(k.encode(), v.encode())
+        try:
+            if method == "echo":
+                got = client.echo(f"{msg}{i}")
+            elif method == "add":
+                got = client.add(40, 2)
+            elif method == "inspect":
+                got = show_inspect(client.inspect())
+            else:
+                raise SystemExit(f"unknown method in step {step!r}")
+            print(f"CALL {i} OK {got}", flush=True)
+        except TApplicationException as e:
+            print(f"CALL {i} ERR TApplicationException type={e.type} message={e.message}", flush=True)
+    print("DONE", flush=True)
+
+
 def main():
     args = parse_args("client")
     sock = TSocket.TSocket(args.host, args.port)
@@ -77,6 +114,8 @@ def main():
             print(show_inspect(client.inspect()))
         elif args.scenario == "route":
             run_route(client, header_proto, args.msg)
+        elif args.scenario == "calls":
+            run_calls(client, header_proto, args.msg, args.call)
         elif args.scenario == "oneway":
             run_oneway(client, args.msg)
         else:
