@@ -485,6 +485,8 @@ pub struct Inputs {
     pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     /// `DestinationRule`s.
     pub destination_rules: Vec<Shared<DestinationRuleSpec>>,
+    /// Meltemi `MetaTrafficPolicy`s (timeouts, retries, faults).
+    pub traffic_policies: Vec<Shared<crate::policy::MetaTrafficPolicySpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

@@ -316,6 +316,9 @@ impl Pipeline {
             inputs
                 .destination_rules
                 .extend(i.destination_rules.iter().cloned());
+            inputs
+                .traffic_policies
+                .extend(i.traffic_policies.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

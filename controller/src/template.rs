@@ -304,11 +304,15 @@ pub fn bridge_cluster(_build: Build, name: &str, back_listener: &str) -> Value {
 /// The HTTP filters of the front HCM: buffer first (a local reply before the body is read
 /// would close the client connection), router last.
 pub fn http_filters() -> Value {
+    let [rate_limit, fault] = crate::policy::http_filters();
     json!([
         {
             "name": "envoy.filters.http.buffer",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": BUFFER_LIMIT}
         },
+        // Route policies (`policy.rs`): a refused call never waits for an injected delay.
+        rate_limit,
+        fault,
         {
             "name": "envoy.filters.http.router",
             "typed_config": {

@@ -23,6 +23,7 @@ use crate::model::{
     port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, MetaRouterSpec, Object,
     ServiceEntrySpec, ServicePort, Shared, TrafficPolicy,
 };
+use crate::policy::MetaTrafficPolicySpec;
 use crate::template::{self, Build, Module, BUFFER_LIMIT};
 use crate::validate::header_name;
 
@@ -156,6 +157,7 @@ struct Service<'a> {
     se_shared: &'a Shared<ServiceEntrySpec>,
     dr_shared: Option<&'a Shared<DestinationRuleSpec>>,
     router_shared: Option<&'a Shared<MetaRouterSpec>>,
+    policies: Vec<&'a Shared<MetaTrafficPolicySpec>>,
 }
 
 /// Everything one port's translation reads, borrowed from the inputs: when it equals the
@@ -174,6 +176,8 @@ struct SvcKeyRef<'a> {
     router: Option<&'a Shared<MetaRouterSpec>>,
     /// DestinationRules of the hosts the routes send to (their hash policies are read).
     referenced: BTreeMap<&'a str, Option<&'a Shared<DestinationRuleSpec>>>,
+    /// MetaTrafficPolicies naming the host.
+    policies: Vec<&'a Shared<MetaTrafficPolicySpec>>,
 }
 
 /// Owned copy of a [`PortKeyRef`], kept with the port's cached resources. It holds the
@@ -194,6 +198,7 @@ struct SvcKey {
     dr: Option<Shared<DestinationRuleSpec>>,
     router: Option<Shared<MetaRouterSpec>>,
     referenced: BTreeMap<String, Option<Shared<DestinationRuleSpec>>>,
+    policies: Vec<Shared<MetaTrafficPolicySpec>>,
 }
 
 /// The same object, or one with the same spec (what translation reads of it).
@@ -225,6 +230,8 @@ impl PortKeyRef<'_> {
                         .iter()
                         .zip(&k.referenced)
                         .all(|((h, d), (kh, kd))| h == kh && same_opt(*d, kd.as_ref()))
+                    && r.policies.len() == k.policies.len()
+                    && r.policies.iter().zip(&k.policies).all(|(a, b)| same(a, b))
             })
     }
 
@@ -246,6 +253,7 @@ impl PortKeyRef<'_> {
                         .iter()
                         .map(|(h, d)| ((*h).to_owned(), d.cloned()))
                         .collect(),
+                    policies: s.policies.iter().map(|p| Arc::clone(p)).collect(),
                 })
                 .collect(),
         }
@@ -364,6 +372,7 @@ pub fn translate_cached<'c>(
                     se_shared: se,
                     dr_shared: shared_drs.get(host.as_str()).copied(),
                     router_shared: routers.get(host.as_str()).copied(),
+                    policies: crate::policy::for_host(&inputs.traffic_policies, host),
                 });
             }
         }
@@ -403,6 +412,7 @@ pub fn translate_cached<'c>(
                         .flat_map(|r| r.route.iter().map(|d| &d.destination).chain(&r.mirror))
                         .map(|d| (d.host.as_str(), shared_drs.get(d.host.as_str()).copied()))
                         .collect(),
+                    policies: s.policies.clone(),
                 })
                 .collect(),
         };
@@ -479,11 +489,18 @@ fn translate_port(
                 .collect::<Vec<_>>(),
             None => vec![default_route(svc)],
         };
-        vhosts.push(json!({
+        let mut vhost = json!({
             "name": format!("{}:{}", svc.host, svc.port),
             "domains": [svc.host],
             "routes": routes
-        }));
+        });
+        crate::policy::decorate_vhost(
+            &mut vhost,
+            svc.host,
+            svc.router_shared.map(|r| &r.spec),
+            &svc.policies,
+        );
+        vhosts.push(vhost);
         destinations(&mut out, options, protocol, module, svc);
     }
     let name = route_config_name(port);
