@@ -753,7 +753,9 @@ fn rate_limit_config(host: &str, lrl: &LocalRateLimit) -> Value {
         "stat_prefix": format!("meltemi_rate_limit_{stat}"),
         "token_bucket": default,
         "filter_enabled": hundred("meltemi_rate_limit_enabled"),
-        "filter_enforced": hundred("meltemi_rate_limit_enforced")
+        "filter_enforced": hundred("meltemi_rate_limit_enforced"),
+        // Aeraki: a call that matched a condition is charged to that condition's bucket only.
+        "always_consume_default_token_bucket": false
     });
     if !descriptors.is_empty() {
         config["descriptors"] = Value::Array(descriptors);

@@ -683,6 +683,17 @@ fn destinations(
             continue;
         }
         let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
+        // Each bridge connection carries one server connection (tcp_proxy behind the internal
+        // listener): without the same connection limit here, requests would never queue as
+        // pending on the route's cluster, and `http1MaxPendingRequests` could not overflow.
+        if let Some(max) = eff
+            .pool
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.max_connections)
+        {
+            http_limits.insert("max_connections".into(), json!(max));
+        }
         if !http_limits.is_empty() {
             bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
         }
@@ -744,8 +755,16 @@ fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
     }
     if let Some(o) = eff.outlier.and_then(|p| p.outlier_detection.as_ref()) {
         let mut od = serde_json::Map::new();
-        if let Some(v) = o.consecutive_5xx_errors {
-            od.insert("consecutive_5xx".into(), json!(v));
+        // Istio's semantics: an unset consecutive5xxErrors disables that detector (Envoy's
+        // default would eject after 5); a set one is enforced every time.
+        match o.consecutive_5xx_errors {
+            Some(v) => {
+                od.insert("consecutive_5xx".into(), json!(v));
+                od.insert("enforcing_consecutive_5xx".into(), json!(100));
+            }
+            None => {
+                od.insert("enforcing_consecutive_5xx".into(), json!(0));
+            }
         }
         if let Some(v) = o.consecutive_gateway_errors {
             od.insert("consecutive_gateway_failure".into(), json!(v));
