@@ -332,6 +332,9 @@ pub struct HttpSettings {
     /// Concurrent retries.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Calls per server connection before it is replaced (0 or absent: unlimited).
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// `connectionPool`.

@@ -679,6 +679,18 @@ fn apply_route(route: &mut Value, p: &MetaTrafficPolicySpec) {
     }
 }
 
+/// `connectionPool.http.maxRequestsPerConnection` on the cluster the router uses: HTTP/1.1
+/// toward the back, as before, with Envoy's per-connection request limit.
+pub fn max_requests_per_connection(cluster: &mut Value, n: u32) {
+    cluster["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"max_requests_per_connection": n},
+            "explicit_http_config": {"http_protocol_options": {}}
+        }
+    });
+}
+
 fn bucket(b: &TokenBucket) -> Value {
     json!({
         "max_tokens": b.max_tokens,
@@ -968,6 +980,61 @@ spec: {hosts: [demo]}
         ] {
             assert!(got.iter().any(|g| g.contains(want)), "missing {want:?} in {got:#?}");
         }
+    }
+
+    #[test]
+    fn destination_rule_pool_and_outlier_settings() {
+        let text = DEMO.replace(
+            "http: {http1MaxPendingRequests: 5}}",
+            "http: {http1MaxPendingRequests: 5, maxRequestsPerConnection: 2}}",
+        );
+        let mut o = options();
+        for build in [crate::template::Build::Wasm, crate::template::Build::Native] {
+            o.build = build;
+            if let Some(m) = o.modules.get_mut("minirpc") {
+                m.native = Some(crate::template::ModuleSource::Local(
+                    "meltemi_minirpc".into(),
+                ));
+            }
+            let r = translate(&inputs(&text), &o).unwrap();
+            let c = &r.clusters["outbound|9000|v1|demo"];
+            assert_eq!(
+                c["typed_extension_protocol_options"]
+                    ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                    ["common_http_protocol_options"]["max_requests_per_connection"],
+                2
+            );
+            // The route's cluster carries the connection limit on both backs, so that
+            // requests queue (and overflow) as pending there.
+            let t = &c["circuit_breakers"]["thresholds"][0];
+            assert_eq!(
+                (
+                    t["max_connections"].as_u64(),
+                    t["max_pending_requests"].as_u64()
+                ),
+                (Some(10), Some(5))
+            );
+            crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+        }
+        // Istio: an unset consecutive5xxErrors disables Envoy's default 5xx detector.
+        o.build = crate::template::Build::Wasm;
+        let r = translate(&inputs(&text), &o).unwrap();
+        let od = &r.clusters["meltemi_server|9000|v1|demo"]["outlier_detection"];
+        assert_eq!(od["enforcing_consecutive_5xx"], 0);
+        assert_eq!(od["consecutive_gateway_failure"], 3);
+        let r = translate(
+            &inputs(&text.replace("consecutiveGatewayErrors: 3", "consecutive5xxErrors: 4")),
+            &o,
+        )
+        .unwrap();
+        let od = &r.clusters["meltemi_server|9000|v1|demo"]["outlier_detection"];
+        assert_eq!(
+            (
+                od["consecutive_5xx"].as_u64(),
+                od["enforcing_consecutive_5xx"].as_u64()
+            ),
+            (Some(4), Some(100))
+        );
     }
 
     #[test]

@@ -642,6 +642,12 @@ fn destinations(
                 http_limits.insert("max_retries".into(), json!(v));
             }
         }
+        let per_connection = eff
+            .pool
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.http.as_ref())
+            .and_then(|h| h.max_requests_per_connection)
+            .filter(|n| *n > 0);
         let endpoints: Vec<Value> = svc
             .se
             .spec
@@ -678,6 +684,9 @@ fn destinations(
                 t.extend(http_limits);
                 c["circuit_breakers"] = json!({"thresholds": [Value::Object(t)]});
             }
+            if let Some(n) = per_connection {
+                crate::policy::max_requests_per_connection(&mut c, n);
+            }
             out.endpoints.insert(cluster.clone(), assignment(&cluster));
             out.clusters.insert(cluster, c);
             continue;
@@ -696,6 +705,10 @@ fn destinations(
         }
         if !http_limits.is_empty() {
             bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
+        }
+        if let Some(n) = per_connection {
+            // Each bridge connection is one server connection (tcp_proxy behind it).
+            crate::policy::max_requests_per_connection(&mut bridge, n);
         }
         out.clusters.insert(cluster.clone(), bridge);
         let listener = template::back_listener(options.build, &back, protocol, module, &server);

@@ -1012,6 +1012,77 @@ fn thrift_circuit_breaking(engine: Engine) {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// 6. connectionPool.http.maxRequestsPerConnection.
+
+const PER_CONNECTION: &str = "  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 2}}
+";
+
+/// 6 calls on one client connection, 2 per server-side connection: all answered, over 3
+/// connections of the route's cluster.
+fn per_connection_check(envoy: &Envoy, port: u16) {
+    let stat = format!("cluster.{}.upstream_cx_total", route_cluster(port));
+    assert_eq!(wait_stat(envoy, &stat, 3), 3, "{stat}");
+}
+
+fn dubbo_max_requests_per_connection(engine: Engine) {
+    if !Proto::Dubbo.available() {
+        return;
+    }
+    let provider = Provider::start(ProviderKind::Sofa, "v1");
+    let port = free_port();
+    let (_cp, envoy) = start(
+        "per-connection",
+        engine,
+        Proto::Dubbo,
+        port,
+        &[(
+            "service.yaml",
+            service(Proto::Dubbo, port, &[provider.port], PER_CONNECTION),
+        )],
+    );
+    let calls: Vec<Call> = (0..6)
+        .map(|i| Call::new(ECHO, "echo", &format!("p{i}")))
+        .collect();
+    let run = run_consumer(
+        ConsumerKind::Java,
+        port,
+        &calls,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(run.completed(), "{}\n{}", run.transcript(), envoy.log());
+    for (i, o) in run.outcomes.iter().enumerate() {
+        assert!(o.value("call").contains(&format!("v1:p{i}")), "{o:?}");
+    }
+    per_connection_check(&envoy, port);
+}
+
+fn thrift_max_requests_per_connection(engine: Engine) {
+    if !Proto::Thrift.available() {
+        return;
+    }
+    let server = ThriftServer::start("v1", 0);
+    let port = free_port();
+    let (_cp, envoy) = start(
+        "per-connection",
+        engine,
+        Proto::Thrift,
+        port,
+        &[(
+            "service.yaml",
+            service(Proto::Thrift, port, &[server.port], PER_CONNECTION),
+        )],
+    );
+    let calls: Vec<String> = (0..6).map(|i| format!("echo:p{i}")).collect();
+    let calls: Vec<&str> = calls.iter().map(String::as_str).collect();
+    for (i, (a, _)) in thrift_calls(port, &calls).iter().enumerate() {
+        assert_eq!(a, &Answer::Ok(format!("v1:p{i}")), "call {i}");
+    }
+    per_connection_check(&envoy, port);
+}
+
 meltemi_e2e::on_every_engine!(
     dubbo_local_rate_limit,
     thrift_local_rate_limit,
@@ -1019,6 +1090,8 @@ meltemi_e2e::on_every_engine!(
     thrift_timeout_and_faults,
     dubbo_circuit_breaking,
     thrift_circuit_breaking,
+    dubbo_max_requests_per_connection,
+    thrift_max_requests_per_connection,
 );
 
 // Host-level scenarios need the router to pick the server host per call: true with the
