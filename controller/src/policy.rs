@@ -604,9 +604,7 @@ pub fn decorate_vhost(
     for route in routes {
         let name = route["name"].as_str().unwrap_or("").to_owned();
         // A policy naming the route wins over one for the whole host.
-        let named = policies
-            .iter()
-            .find(|p| p.spec.routes.iter().any(|r| *r == name));
+        let named = policies.iter().find(|p| p.spec.routes.contains(&name));
         let host_wide = policies.iter().find(|p| p.spec.routes.is_empty());
         if let Some(p) = named.or(host_wide) {
             apply_route(route, &p.spec);
