@@ -465,6 +465,10 @@ const TIMEOUT_MS: u128 = 300;
 const DELAY_MS: u128 = 400;
 /// How late an answer may be on these shared cores and still count as on time.
 const SLACK_MS: u128 = 400;
+/// How early a Dubbo call may seem: its duration is measured from outside the consumer
+/// (when its line and the previous call's line appeared on stdout, polled every 2 ms), so
+/// the previous line seen late makes the call look a little shorter (299 ms measured once).
+const OBSERVED_EARLY_MS: u128 = 20;
 
 fn fault_stats(envoy: &Envoy, proto: Proto, port: u16) -> (u64, u64) {
     let p = format!("http.meltemi_{}_{port}.fault", proto.name());
@@ -523,7 +527,7 @@ fn dubbo_timeout_and_faults(engine: Engine) {
     );
     let t = took(1);
     assert!(
-        (TIMEOUT_MS..TIMEOUT_MS + SLACK_MS).contains(&t),
+        (TIMEOUT_MS - OBSERVED_EARLY_MS..TIMEOUT_MS + SLACK_MS).contains(&t),
         "the timeout answered after {t} ms"
     );
     assert!(
@@ -538,7 +542,7 @@ fn dubbo_timeout_and_faults(engine: Engine) {
     assert!(o[4].value("delayed").contains("v1:k="));
     let d = took(4);
     assert!(
-        (DELAY_MS..DELAY_MS + SLACK_MS).contains(&d),
+        (DELAY_MS - OBSERVED_EARLY_MS..DELAY_MS + SLACK_MS).contains(&d),
         "delayed by {d} ms"
     );
     assert!(o[5].value("last").contains("v1:last"));
