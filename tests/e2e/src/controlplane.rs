@@ -123,11 +123,7 @@ impl ControlPlane {
     /// `admin_port`, with `extra` bootstrap arguments.
     pub fn bootstrap(&self, admin_port: u16, extra: &[&str]) -> String {
         let out = Command::new(build_controller())
-            .args([
-                "bootstrap",
-                "--xds",
-                &format!("127.0.0.1:{}", self.xds_port),
-            ])
+            .args(["bootstrap", "--xds", &format!("127.0.0.1:{}", self.xds_port)])
             .args(["--admin-port", &admin_port.to_string()])
             .args(extra)
             .output()
