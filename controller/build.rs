@@ -20,6 +20,12 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
     "envoy/extensions/filters/http/buffer/v3/buffer.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
+    // Route policies (policy.rs).
+    // local_rate_limit.proto first: its relative `common.ratelimit…` names resolve wrongly
+    // once another file has defined the `envoy.extensions.filters.common` package.
+    "envoy/extensions/filters/http/local_ratelimit/v3/local_rate_limit.proto",
+    "envoy/extensions/filters/http/fault/v3/fault.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/filters/http/set_filter_state/v3/set_filter_state.proto",
     "envoy/extensions/filters/http/rbac/v3/rbac.proto",
     "envoy/extensions/bootstrap/internal_listener/v3/internal_listener.proto",

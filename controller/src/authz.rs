@@ -866,8 +866,10 @@ spec:
             vec![
                 "envoy.filters.http.buffer",
                 "envoy.filters.http.set_filter_state",
-                DENY_FILTER,
-                ALLOW_FILTER,
+                "meltemi.authz.deny",
+                "meltemi.authz.allow",
+                "envoy.filters.http.local_ratelimit",
+                "envoy.filters.http.fault",
                 "envoy.filters.http.router"
             ]
         );

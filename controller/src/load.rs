@@ -254,6 +254,15 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
                 None => {}
             }
         }
+        ("meltemi.io", crate::policy::KIND) => push(
+            &mut inputs.traffic_policies,
+            &api,
+            &kind,
+            meta,
+            spec,
+            source,
+            problems,
+        ),
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);
@@ -304,6 +313,15 @@ fn push<T: DeserializeOwned + Default>(
         meta.namespace.as_deref().unwrap_or("default"),
         meta.name
     );
+    if api.starts_with("meltemi.io/") && api != crate::policy::MELTEMI_API {
+        problems.push(Problem {
+            source,
+            resource,
+            field: "apiVersion".into(),
+            message: format!("{api} is not supported; use {}", crate::policy::MELTEMI_API),
+        });
+        return;
+    }
     if api.starts_with("metaprotocol.aeraki.io/") && api != AERAKI_API {
         problems.push(Problem {
             source,

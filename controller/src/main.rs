@@ -6,6 +6,7 @@ mod envoyfilter;
 mod kubernetes;
 mod load;
 mod model;
+mod policy;
 mod proto;
 mod render;
 mod source;

@@ -332,6 +332,9 @@ pub struct HttpSettings {
     /// Concurrent retries.
     #[serde(default)]
     pub max_retries: Option<u32>,
+    /// Calls per server connection before it is replaced (0 or absent: unlimited).
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// `connectionPool`.
@@ -489,6 +492,8 @@ pub struct Inputs {
     pub dubbo_authz: Vec<Shared<crate::authz::DubboAuthorizationPolicySpec>>,
     /// Meltemi `MetaAuthorizationPolicy`s (`crate::authz`).
     pub meta_authz: Vec<Shared<crate::authz::MetaAuthorizationPolicySpec>>,
+    /// Meltemi `MetaTrafficPolicy`s (timeouts, retries, faults).
+    pub traffic_policies: Vec<Shared<crate::policy::MetaTrafficPolicySpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

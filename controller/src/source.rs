@@ -318,6 +318,9 @@ impl Pipeline {
                 .extend(i.destination_rules.iter().cloned());
             inputs.dubbo_authz.extend(i.dubbo_authz.iter().cloned());
             inputs.meta_authz.extend(i.meta_authz.iter().cloned());
+            inputs
+                .traffic_policies
+                .extend(i.traffic_policies.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

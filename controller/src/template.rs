@@ -318,6 +318,7 @@ pub fn http2_options() -> Value {
 /// would close the client connection), router last.
 pub fn http_filters() -> Value {
     let authz_filters = crate::authz::http_filters();
+    let [rate_limit, fault] = crate::policy::http_filters();
     json!([
         {
             "name": "envoy.filters.http.buffer",
@@ -341,6 +342,9 @@ pub fn http_filters() -> Value {
         // Authorization (`crate::authz`): enforces what each virtual host configures.
         authz_filters[0],
         authz_filters[1],
+        // Route policies (`policy.rs`): a refused call never waits for an injected delay.
+        rate_limit,
+        fault,
         {
             "name": "envoy.filters.http.router",
             "typed_config": {

@@ -23,6 +23,7 @@ use crate::model::{
     port_protocol, Destination, DestinationRuleSpec, Inputs, MetaRoute, MetaRouterSpec, Object,
     ServiceEntrySpec, ServicePort, Shared, TrafficPolicy,
 };
+use crate::policy::MetaTrafficPolicySpec;
 use crate::template::{self, Build, Module, BUFFER_LIMIT};
 use crate::validate::header_name;
 
@@ -158,6 +159,7 @@ struct Service<'a> {
     se_shared: &'a Shared<ServiceEntrySpec>,
     dr_shared: Option<&'a Shared<DestinationRuleSpec>>,
     router_shared: Option<&'a Shared<MetaRouterSpec>>,
+    policies: Vec<&'a Shared<MetaTrafficPolicySpec>>,
 }
 
 /// Everything one port's translation reads, borrowed from the inputs: when it equals the
@@ -178,6 +180,8 @@ struct SvcKeyRef<'a> {
     router: Option<&'a Shared<MetaRouterSpec>>,
     /// DestinationRules of the hosts the routes send to (their hash policies are read).
     referenced: BTreeMap<&'a str, Option<&'a Shared<DestinationRuleSpec>>>,
+    /// MetaTrafficPolicies naming the host.
+    policies: Vec<&'a Shared<MetaTrafficPolicySpec>>,
 }
 
 /// Owned copy of a [`PortKeyRef`], kept with the port's cached resources. It holds the
@@ -199,6 +203,7 @@ struct SvcKey {
     dr: Option<Shared<DestinationRuleSpec>>,
     router: Option<Shared<MetaRouterSpec>>,
     referenced: BTreeMap<String, Option<Shared<DestinationRuleSpec>>>,
+    policies: Vec<Shared<MetaTrafficPolicySpec>>,
 }
 
 /// The same object, or one with the same spec (what translation reads of it).
@@ -231,6 +236,8 @@ impl PortKeyRef<'_> {
                         .iter()
                         .zip(&k.referenced)
                         .all(|((h, d), (kh, kd))| h == kh && same_opt(*d, kd.as_ref()))
+                    && r.policies.len() == k.policies.len()
+                    && r.policies.iter().zip(&k.policies).all(|(a, b)| same(a, b))
             })
     }
 
@@ -253,6 +260,7 @@ impl PortKeyRef<'_> {
                         .iter()
                         .map(|(h, d)| ((*h).to_owned(), d.cloned()))
                         .collect(),
+                    policies: s.policies.iter().map(|p| Arc::clone(p)).collect(),
                 })
                 .collect(),
         }
@@ -371,6 +379,7 @@ pub fn translate_cached<'c>(
                     se_shared: se,
                     dr_shared: shared_drs.get(host.as_str()).copied(),
                     router_shared: routers.get(host.as_str()).copied(),
+                    policies: crate::policy::for_host(&inputs.traffic_policies, host),
                 });
             }
         }
@@ -410,6 +419,7 @@ pub fn translate_cached<'c>(
                         .flat_map(|r| r.route.iter().map(|d| &d.destination).chain(&r.mirror))
                         .map(|d| (d.host.as_str(), shared_drs.get(d.host.as_str()).copied()))
                         .collect(),
+                    policies: s.policies.clone(),
                 })
                 .collect(),
             authz: crate::authz::PortPolicies::for_port(
@@ -501,6 +511,12 @@ fn translate_port(
             "routes": routes
         });
         authz.apply(&mut vhost, protocol, svc.host, svc.se.namespace());
+        crate::policy::decorate_vhost(
+            &mut vhost,
+            svc.host,
+            svc.router_shared.map(|r| &r.spec),
+            &svc.policies,
+        );
         vhosts.push(vhost);
         destinations(&mut out, options, protocol, module, svc);
     }
@@ -650,6 +666,12 @@ fn destinations(
                 http_limits.insert("max_retries".into(), json!(v));
             }
         }
+        let per_connection = eff
+            .pool
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.http.as_ref())
+            .and_then(|h| h.max_requests_per_connection)
+            .filter(|n| *n > 0);
         let endpoints: Vec<Value> = svc
             .se
             .spec
@@ -686,13 +708,31 @@ fn destinations(
                 t.extend(http_limits);
                 c["circuit_breakers"] = json!({"thresholds": [Value::Object(t)]});
             }
+            if let Some(n) = per_connection {
+                crate::policy::max_requests_per_connection(&mut c, n);
+            }
             out.endpoints.insert(cluster.clone(), assignment(&cluster));
             out.clusters.insert(cluster, c);
             continue;
         }
         let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
+        // Each bridge connection carries one server connection (tcp_proxy behind the internal
+        // listener): without the same connection limit here, requests would never queue as
+        // pending on the route's cluster, and `http1MaxPendingRequests` could not overflow.
+        if let Some(max) = eff
+            .pool
+            .and_then(|p| p.connection_pool.as_ref())
+            .and_then(|c| c.tcp.as_ref())
+            .and_then(|t| t.max_connections)
+        {
+            http_limits.insert("max_connections".into(), json!(max));
+        }
         if !http_limits.is_empty() {
             bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
+        }
+        if let Some(n) = per_connection {
+            // Each bridge connection is one server connection (tcp_proxy behind it).
+            crate::policy::max_requests_per_connection(&mut bridge, n);
         }
         out.clusters.insert(cluster.clone(), bridge);
         let listener = template::back_listener(options.build, &back, protocol, module, &server);
@@ -752,8 +792,16 @@ fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
     }
     if let Some(o) = eff.outlier.and_then(|p| p.outlier_detection.as_ref()) {
         let mut od = serde_json::Map::new();
-        if let Some(v) = o.consecutive_5xx_errors {
-            od.insert("consecutive_5xx".into(), json!(v));
+        // Istio's semantics: an unset consecutive5xxErrors disables that detector (Envoy's
+        // default would eject after 5); a set one is enforced every time.
+        match o.consecutive_5xx_errors {
+            Some(v) => {
+                od.insert("consecutive_5xx".into(), json!(v));
+                od.insert("enforcing_consecutive_5xx".into(), json!(100));
+            }
+            None => {
+                od.insert("enforcing_consecutive_5xx".into(), json!(0));
+            }
         }
         if let Some(v) = o.consecutive_gateway_errors {
             od.insert("consecutive_gateway_failure".into(), json!(v));

@@ -424,6 +424,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
         }
     }
     crate::authz::validate(inputs, &mut out);
+    out.extend(crate::policy::validate(inputs));
     out
 }
 

@@ -132,9 +132,13 @@ impl ProviderKind {
 }
 
 /// A temporary log file for a peer process, named after the test process and a port.
+/// A sequence number makes each path unique, so that consumers run at once against one
+/// port (circuit breaking) never share an output file.
 fn log_path(what: &str, port: u16) -> PathBuf {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     std::env::temp_dir().join(format!(
-        "meltemi-dubbo-{what}-{}-{port}.log",
+        "meltemi-dubbo-{what}-{}-{port}-{n}.log",
         std::process::id()
     ))
 }
@@ -154,6 +158,11 @@ pub struct Provider {
 impl Provider {
     /// Starts a `kind` provider tagged `tag` on a free port and waits until it accepts.
     pub fn start(kind: ProviderKind, tag: &str) -> Provider {
+        Provider::start_with(kind, tag, &[])
+    }
+
+    /// [`Provider::start`] with extra command-line flags (`--slow-ms 1500` for sofa's `slow`).
+    pub fn start_with(kind: ProviderKind, tag: &str, extra: &[&str]) -> Provider {
         let port = workspace::free_port();
         let log = log_path(&format!("{}-{tag}", kind.name()), port);
         let out = File::create(&log).expect("provider log");
@@ -171,6 +180,7 @@ impl Provider {
         };
         let child = cmd
             .args(["--port", &port.to_string(), "--tag", tag])
+            .args(extra)
             .current_dir(peers_dir())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log fd"))
@@ -484,6 +494,80 @@ pub fn run_consumer(
         stderr,
         outcomes,
     }
+}
+
+/// [`run_consumer`], also noting when each `CALL <i>` line appeared on the consumer's
+/// stdout (polled every 2 ms; the consumers flush per call): `times[k]` is the moment the
+/// `k`-th non-sleep call's outcome was printed, so `times[k] - times[k - 1]` is how long that
+/// call took as the client saw it (within a few ms).
+pub fn run_consumer_timed(
+    consumer: ConsumerKind,
+    port: u16,
+    calls: &[Call],
+    timeout: Duration,
+) -> (Run, Vec<Option<Instant>>) {
+    let out_path = log_path(&format!("{}-timed-out", consumer.name()), port);
+    let err_path = log_path(&format!("{}-timed-err", consumer.name()), port);
+    let mut cmd = consumer.command();
+    cmd.args(["--port", &port.to_string()]);
+    for c in calls {
+        cmd.args(["--call", &c.spec]);
+    }
+    let child = cmd
+        .current_dir(peers_dir())
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("consumer stdout"))
+        .stderr(File::create(&err_path).expect("consumer stderr"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {} consumer: {e}", consumer.name()));
+    let mut reaper = Reaper(child);
+    let mut seen: std::collections::HashMap<usize, Instant> = std::collections::HashMap::new();
+    let deadline = Instant::now() + timeout;
+    let note = |seen: &mut std::collections::HashMap<usize, Instant>| {
+        let now = Instant::now();
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        // Only complete lines: the last one may still be being written.
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            if let Some(i) = line
+                .strip_prefix("CALL ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|i| i.parse::<usize>().ok())
+            {
+                seen.entry(i).or_insert(now);
+            }
+        }
+    };
+    let status = loop {
+        note(&mut seen);
+        match reaper.0.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            _ => break None,
+        }
+    };
+    drop(reaper);
+    note(&mut seen);
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    let outcomes = parse_outcomes(&stdout, calls);
+    let times = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !c.is_sleep())
+        .map(|(i, _)| seen.get(&i).copied())
+        .collect();
+    (
+        Run {
+            consumer,
+            status,
+            stdout,
+            stderr,
+            outcomes,
+        },
+        times,
+    )
 }
 
 /// `CALL <i> OK|ERR|SENT|SKIP ...` lines → outcomes of the non-sleep calls. Lines are split on
