@@ -665,6 +665,25 @@ fn destinations(
             out.clusters.insert(cluster, c);
             continue;
         }
+        if svc.target == Target::Envoy && eff.hash_header().is_some() {
+            // Consistent hash: the router must pick the server host (see `hostlb`).
+            let limits = (!http_limits.is_empty()).then(|| Value::Object(http_limits));
+            let hosts = crate::hostlb::per_host(
+                options.build,
+                protocol,
+                module,
+                &cluster,
+                &back,
+                &server,
+                &server_cluster(&server, &eff),
+                limits,
+                &endpoints,
+            );
+            out.listeners.extend(hosts.listeners);
+            out.clusters.extend(hosts.clusters);
+            out.endpoints.extend(hosts.endpoints);
+            continue;
+        }
         let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
         if !http_limits.is_empty() {
             bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
@@ -721,6 +740,10 @@ fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
         Some("LEAST_REQUEST" | "LEAST_CONN") => c["lb_policy"] = json!("LEAST_REQUEST"),
         Some("RANDOM") => c["lb_policy"] = json!("RANDOM"),
         _ => {}
+    }
+    if eff.hash_header().is_some() {
+        // Envoy applies a route's hash_policy only with a hash-based load balancer.
+        c["lb_policy"] = json!(crate::hostlb::HASH_LB);
     }
     if let Some(max) = tcp.and_then(|t| t.max_connections) {
         c["circuit_breakers"] = json!({"thresholds": [{"max_connections": max}]});
@@ -950,27 +973,31 @@ spec:
     #[test]
     fn demo_translates_with_aeraki_semantics() {
         let r = translate(&inputs(DEMO), &options()).unwrap();
+        // The demo's consistent hash: one hop per server host (`hostlb`).
         assert_eq!(
             r.clusters.keys().collect::<Vec<_>>(),
             vec![
-                "meltemi_server|9000|v1|demo",
-                "meltemi_server|9000|v2|demo",
-                "meltemi_server|9000||demo",
+                "meltemi_server|9000|v1|demo|127.0.0.1:9101",
+                "meltemi_server|9000|v2|demo|127.0.0.1:9102",
+                "meltemi_server|9000||demo|127.0.0.1:9101",
+                "meltemi_server|9000||demo|127.0.0.1:9102",
                 "outbound|9000|v1|demo",
                 "outbound|9000|v2|demo",
                 "outbound|9000||demo",
             ]
         );
         assert!(r.listeners.contains_key("127.0.0.1_9000"));
-        assert!(r.listeners.contains_key("meltemi_back|9000|v2|demo"));
-        let v1 = &r.endpoints["meltemi_server|9000|v1|demo"];
+        assert!(r
+            .listeners
+            .contains_key("meltemi_back|9000|v2|demo|127.0.0.1:9102"));
+        let v1 = &r.endpoints["meltemi_server|9000|v1|demo|127.0.0.1:9101"];
         assert_eq!(
             v1["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
                 ["port_value"],
             9101
         );
         assert_eq!(
-            r.endpoints["meltemi_server|9000||demo"]["endpoints"][0]["lb_endpoints"]
+            r.clusters["outbound|9000||demo"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
                 .as_array()
                 .unwrap()
                 .len(),
@@ -1010,7 +1037,7 @@ spec:
             split["request_mirror_policies"][0]["runtime_fraction"]["default_value"]["numerator"],
             125_000
         );
-        let server = &r.clusters["meltemi_server|9000|v1|demo"];
+        let server = &r.clusters["meltemi_server|9000|v1|demo|127.0.0.1:9101"];
         assert_eq!(
             server["circuit_breakers"]["thresholds"][0]["max_connections"],
             10
