@@ -2,6 +2,7 @@
 //! work is done in the library modules, this file only parses flags, prints and sets exit codes.
 
 mod envoyfilter;
+mod gateway;
 mod hostlb;
 mod kubernetes;
 mod load;

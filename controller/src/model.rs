@@ -485,6 +485,8 @@ pub struct Inputs {
     pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     /// `DestinationRule`s.
     pub destination_rules: Vec<Shared<DestinationRuleSpec>>,
+    /// Istio `Gateway`s (their Meltemi servers become gateway listeners).
+    pub gateways: Vec<Shared<crate::gateway::GatewaySpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

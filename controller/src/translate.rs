@@ -143,14 +143,14 @@ impl std::fmt::Display for Error {
     }
 }
 
-struct Service<'a> {
+pub(crate) struct Service<'a> {
     target: Target,
-    host: &'a str,
-    port: u32,
+    pub(crate) host: &'a str,
+    pub(crate) port: u32,
     target_port: u32,
     port_name: &'a str,
     service_port: &'a ServicePort,
-    se: &'a Object<ServiceEntrySpec>,
+    pub(crate) se: &'a Object<ServiceEntrySpec>,
     dr: Option<&'a DestinationRuleSpec>,
     routes: Option<&'a [MetaRoute]>,
     se_shared: &'a Shared<ServiceEntrySpec>,
@@ -275,6 +275,8 @@ pub struct Cache {
     resources: Resources,
     /// Names of the module-fetch clusters in `resources`.
     module_clusters: BTreeSet<String>,
+    /// Names of the gateway listeners and route configurations in `resources`.
+    gateway_resources: (Vec<String>, Vec<String>),
     /// Ports translated by the last call (the others came from the cache).
     pub translated: usize,
 }
@@ -337,6 +339,8 @@ pub fn translate_cached<'c>(
     let routers: BTreeMap<&str, &Shared<MetaRouterSpec>> = inputs
         .routers
         .iter()
+        // Routers bound to gateways only are the gateways' (`gateway`), not the mesh's.
+        .filter(|r| crate::gateway::applies_to_mesh(r))
         .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r)))
         .collect();
 
@@ -430,6 +434,23 @@ pub fn translate_cached<'c>(
             cache.apply(&old, false);
         }
     }
+    // Gateways: few, translated again on every change.
+    let (old_listeners, old_routes) = std::mem::take(&mut cache.gateway_resources);
+    for name in old_listeners {
+        cache.resources.listeners.remove(&name);
+    }
+    for name in old_routes {
+        cache.resources.routes.remove(&name);
+    }
+    let gateways = crate::gateway::render(inputs, options, &by_port, &drs)?;
+    for (name, v) in gateways.listeners {
+        cache.gateway_resources.0.push(name.clone());
+        cache.resources.listeners.insert(name, Arc::new(v));
+    }
+    for (name, v) in gateways.routes {
+        cache.gateway_resources.1.push(name.clone());
+        cache.resources.routes.insert(name, Arc::new(v));
+    }
     for name in std::mem::take(&mut cache.module_clusters) {
         cache.resources.clusters.remove(&name);
     }
@@ -503,7 +524,7 @@ fn name_of(v: &Value) -> String {
     v["name"].as_str().unwrap_or_default().to_owned()
 }
 
-fn front_listener(
+pub(crate) fn front_listener(
     options: &Options,
     port: u32,
     protocol: &str,
@@ -789,7 +810,7 @@ fn dest_cluster(d: &Destination, svc: &Service<'_>) -> String {
     route_cluster(svc.target, port, d.subset.as_deref().unwrap_or(""), &d.host)
 }
 
-fn meta_route(
+pub(crate) fn meta_route(
     r: &MetaRoute,
     svc: &Service<'_>,
     drs: &BTreeMap<&str, &DestinationRuleSpec>,

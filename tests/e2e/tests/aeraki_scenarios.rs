@@ -304,6 +304,10 @@ impl Proto {
 
 /// The server tag an answer names (`v2a:hello …` → `v2a`).
 fn tag(answer: &str) -> &str {
+    // Dubbo `greet` answers `User{name=ann@<tag>, …}`.
+    if let Some(rest) = answer.strip_prefix("User{name=ann@") {
+        return rest.split(',').next().unwrap_or(rest);
+    }
     answer.split(':').next().unwrap_or(answer)
 }
 
@@ -360,7 +364,10 @@ spec:
 }
 
 fn dest(proto: Proto, subset: &str) -> String {
-    format!("{{destination: {{host: {}, subset: {subset}}}}}", proto.host())
+    format!(
+        "{{destination: {{host: {}, subset: {subset}}}}}",
+        proto.host()
+    )
 }
 
 /// The running deployment of one protocol on one engine.
@@ -455,7 +462,9 @@ impl Deployment {
         let answers = self.run(&vec![step("echo", "ver"); 100]);
         let tags: BTreeSet<&str> = answers.iter().map(|a| tag(a)).collect();
         assert!(
-            answers.iter().all(|a| a.starts_with("v2a:ver") || a.starts_with("v2b:ver")),
+            answers
+                .iter()
+                .all(|a| a.starts_with("v2a:ver") || a.starts_with("v2b:ver")),
             "not all answered by v2: {tags:?}"
         );
         eprintln!("[{p:?}] version routing: 100/100 calls answered by v2 ({tags:?})");
@@ -590,7 +599,10 @@ impl Deployment {
             hosts.entry(&s.arg).or_default().insert(tag(a));
         }
         let moved: Vec<_> = hosts.iter().filter(|(_, h)| h.len() > 1).collect();
-        assert!(moved.is_empty(), "keys answered by several hosts: {moved:?}");
+        assert!(
+            moved.is_empty(),
+            "keys answered by several hosts: {moved:?}"
+        );
         let used: BTreeSet<&str> = hosts.values().flatten().copied().collect();
         assert_eq!(
             used,
@@ -678,7 +690,9 @@ impl Deployment {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(copies, N, "mirror server received {copies}/{N} copies");
-        eprintln!("[{p:?}] mirroring: {N} calls, {copies} copies on the mirror, client saw v1 only");
+        eprintln!(
+            "[{p:?}] mirroring: {N} calls, {copies} copies on the mirror, client saw v1 only"
+        );
     }
 }
 
