@@ -696,6 +696,86 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// Scenario 7: an Istio `Gateway` with a server for the protocol, and a MetaRouter bound
+    /// to it: clients of the gateway's listener are routed by that router (to `v2`), the
+    /// mesh's own listener keeps the mesh router's routes (`v1`). An invalid gateway router is
+    /// rejected naming file, resource and field, and the gateway keeps routing.
+    fn gateway(&mut self) {
+        let p = self.proto;
+        self.route(&router_yaml(
+            p,
+            "",
+            &format!("  - name: mesh-v1\n    route: [{}]\n", dest(p, "v1")),
+        ));
+        let gw_port = workspace::free_port();
+        self.cp.write(
+            "gateway.yaml",
+            &format!(
+                "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: {gw_port}, name: {}, protocol: TCP}}
+    hosts: ['*']
+",
+                p.port_name()
+            ),
+        );
+        wait_for_routes(&self.envoy, p.name(), gw_port, 1);
+        let gw_router = |gateways: &str| {
+            format!(
+                "apiVersion: metaprotocol.aeraki.io/v1alpha1
+kind: MetaRouter
+metadata: {{name: echo-ingress, namespace: meta}}
+spec:
+  hosts: [{}]
+  gateways: [{gateways}]
+  routes:
+  - name: ingress-v2
+    route: [{}]
+",
+                p.host(),
+                dest(p, "v2")
+            )
+        };
+        self.cp
+            .write("router-ingress.yaml", &gw_router("istio-system/ingress"));
+        wait_for_routes(&self.envoy, p.name(), gw_port, 2);
+        let check = |what: &str| {
+            let through_gw = p.run(gw_port, &vec![step("echo", "gw"); 10]);
+            assert!(
+                through_gw.iter().all(|a| tag(a).starts_with("v2")),
+                "{what}: gateway clients go to v2: {through_gw:?}"
+            );
+            let mesh = self.run(&vec![step("echo", "mesh"); 10]);
+            assert!(
+                mesh.iter().all(|a| tag(a) == "v1"),
+                "{what}: mesh clients stay on v1: {mesh:?}"
+            );
+        };
+        check("bound");
+        // A router naming a gateway that does not exist: rejected, the last good one stays.
+        self.cp
+            .write("router-ingress.yaml", &gw_router("istio-system/nope"));
+        self.cp
+            .wait_logged("spec.gateways[0]", Duration::from_secs(20));
+        let log = self.cp.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("spec.gateways[0]"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("router-ingress.yaml") && line.contains("MetaRouter meta/echo-ingress"),
+            "the rejection names file, resource and field: {line}"
+        );
+        check("after a rejected change");
+        eprintln!("[{p:?}] gateway: 10 calls through the gateway on v2, 10 mesh calls on v1; bad change rejected: {line}");
+    }
+}
+
 fn scenarios(proto: Proto, engine: Engine) {
     let available = match proto {
         Proto::Dubbo => dubbo_peer::peers_available(),
@@ -717,6 +797,7 @@ fn scenarios(proto: Proto, engine: Engine) {
     d.consistent_hash();
     d.mutation();
     d.mirroring();
+    d.gateway();
     eprintln!(
         "[{proto:?} {}] all scenarios in {:.1}s",
         engine.name(),
