@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 
 use crate::load::Problem;
 use crate::model::{port_protocol, DestinationRuleSpec, Inputs, MetaRouterSpec, Object};
-use crate::translate::{front_listener, meta_route, route_config_name, Error, Options, Service};
+use crate::translate::{
+    front_listener, meta_route, route_config_name, Error, Options, Service, Target,
+};
 
 /// `port` of a Gateway server.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -286,6 +288,10 @@ pub(crate) fn render(
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
 ) -> Result<Rendered, Error> {
     let mut out = Rendered::default();
+    if options.target == Target::Istio {
+        // istiod owns the gateways' listeners (the `envoyfilter` gateway patches).
+        return Ok(out);
+    }
     for l in listeners(inputs) {
         let module = options.modules.get(l.protocol).ok_or_else(|| {
             Error(format!(
@@ -408,6 +414,11 @@ spec:
             .iter()
             .all(|route| route["name"] != "gw-v2"));
         crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+        // Istio: istiod owns the gateway's listeners.
+        let mut o = options();
+        o.target = crate::translate::Target::Istio;
+        let r = translate(&inputs, &o).unwrap();
+        assert!(!r.listeners.contains_key("127.0.0.1_19000"));
     }
 
     #[test]

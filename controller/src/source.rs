@@ -316,6 +316,7 @@ impl Pipeline {
             inputs
                 .destination_rules
                 .extend(i.destination_rules.iter().cloned());
+            inputs.gateways.extend(i.gateways.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }
