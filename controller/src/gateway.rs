@@ -484,14 +484,10 @@ spec:
         let mut cache = Cache::default();
         let o = options();
         translate_cached(&inputs, &o, &mut cache).unwrap();
-        let (changed, _) = load(
-            &text
-                .replace("subset: v2}}]\n\"", "subset: v2}}]\n\"")
-                .replace(
-                    "  - name: gw-v2\n    route: [{destination: {host: demo, subset: v2}}]",
-                    "  - name: gw-v1\n    route: [{destination: {host: demo, subset: v1}}]",
-                ),
-        );
+        let (changed, _) = load(&text.replace(
+            "  - name: gw-v2\n    route: [{destination: {host: demo, subset: v2}}]",
+            "  - name: gw-v1\n    route: [{destination: {host: demo, subset: v1}}]",
+        ));
         let r = translate_cached(&changed, &o, &mut cache).unwrap().clone();
         assert_eq!(
             r.routes["meltemi_19000"]["virtual_hosts"][1]["routes"][0]["name"],
@@ -505,5 +501,27 @@ spec:
         let r = translate_cached(&none, &o, &mut cache).unwrap();
         assert!(!r.listeners.contains_key("127.0.0.1_19000"));
         assert!(!r.routes.contains_key("meltemi_19000"));
+    }
+
+    /// The directory pipeline (what `serve` runs) carries Gateways from their own file.
+    #[test]
+    fn the_pipeline_reads_gateways_from_files() {
+        let dir = std::env::temp_dir().join(format!("meltemi-gw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("demo.yaml"), DEMO).unwrap();
+        let mut p = crate::source::Pipeline::new(options());
+        assert!(p.refresh_dir(&dir, None).unwrap());
+        let t = std::time::Instant::now();
+        let (first, _) = p.snapshot(t, None).unwrap();
+        std::fs::write(dir.join("gateway.yaml"), GATEWAY).unwrap();
+        assert!(p.refresh_dir(&dir, None).unwrap());
+        let (second, _) = p.snapshot(t, Some(&first)).unwrap();
+        assert_ne!(
+            first.types[crate::proto::LISTENER].version,
+            second.types[crate::proto::LISTENER].version
+        );
+        assert_eq!(p.inputs().0.gateways.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
