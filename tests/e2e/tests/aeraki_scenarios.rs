@@ -8,7 +8,7 @@
 //!
 //! 1. version routing: 100 calls, every one answered by a `v2` server;
 //! 2. attribute routing: exact / prefix / regex on method, interface, attachment / THeader header;
-//! 3. a 20/80 split, 1,000 calls, `v1`'s share within ±4σ of the binomial (149..=251);
+//! 3. a 20/80 split, 1,000 calls, `v1`'s count within ±4σ of the binomial (150..=250);
 //! 4. consistent hash on a metadata key over a two-host subset: one key → always one host,
 //!    different keys → both hosts;
 //! 5. request mutation seen by the server, response mutation seen by the client;
@@ -560,7 +560,7 @@ impl Deployment {
         let v1 = answers.iter().filter(|a| tag(a) == "v1").count();
         let v2 = answers.iter().filter(|a| tag(a).starts_with("v2")).count();
         assert_eq!(v1 + v2, SPLIT_CALLS, "every call answered by v1 or v2");
-        // Binomial(n = 1000, p = 0.2): mean 200, σ = √(n·p·(1−p)) ≈ 12.65; ±4σ = ±51 is
+        // Binomial(n = 1000, p = 0.2): mean 200, σ = √(n·p·(1−p)) ≈ 12.65; ±4σ ≈ ±50 (150..=250) is
         // missed by a correct split with probability ~6e-5, while 50/50 (500) and 0/100 (0)
         // are ~24σ and ~16σ away.
         let n = SPLIT_CALLS as f64;
