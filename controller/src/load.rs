@@ -263,6 +263,15 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        ("networking.istio.io", "Gateway") => push(
+            &mut inputs.gateways,
+            &api,
+            &kind,
+            meta,
+            spec,
+            source,
+            problems,
+        ),
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);

@@ -3,6 +3,8 @@
 
 mod authz;
 mod envoyfilter;
+mod gateway;
+mod hostlb;
 mod kubernetes;
 mod load;
 mod model;

@@ -494,6 +494,8 @@ pub struct Inputs {
     pub meta_authz: Vec<Shared<crate::authz::MetaAuthorizationPolicySpec>>,
     /// Meltemi `MetaTrafficPolicy`s (timeouts, retries, faults).
     pub traffic_policies: Vec<Shared<crate::policy::MetaTrafficPolicySpec>>,
+    /// Istio `Gateway`s (their Meltemi servers become gateway listeners).
+    pub gateways: Vec<Shared<crate::gateway::GatewaySpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

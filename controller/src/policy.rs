@@ -983,6 +983,15 @@ spec: {hosts: [demo]}
         }
     }
 
+    /// The v1 server cluster (one per host when the subset hashes: `hostlb`).
+    fn server_v1(r: &crate::translate::Resources) -> &serde_json::Value {
+        r.clusters
+            .iter()
+            .find(|(k, _)| k.starts_with("meltemi_server|9000|v1|demo"))
+            .map(|(_, v)| &**v)
+            .unwrap()
+    }
+
     #[test]
     fn destination_rule_pool_and_outlier_settings() {
         let text = DEMO.replace(
@@ -1020,7 +1029,7 @@ spec: {hosts: [demo]}
         // Istio: an unset consecutive5xxErrors disables Envoy's default 5xx detector.
         o.build = crate::template::Build::Wasm;
         let r = translate(&inputs(&text), &o).unwrap();
-        let od = &r.clusters["meltemi_server|9000|v1|demo"]["outlier_detection"];
+        let od = &server_v1(&r)["outlier_detection"];
         assert_eq!(od["enforcing_consecutive_5xx"], 0);
         assert_eq!(od["consecutive_gateway_failure"], 3);
         let r = translate(
@@ -1028,7 +1037,7 @@ spec: {hosts: [demo]}
             &o,
         )
         .unwrap();
-        let od = &r.clusters["meltemi_server|9000|v1|demo"]["outlier_detection"];
+        let od = &server_v1(&r)["outlier_detection"];
         assert_eq!(
             (
                 od["consecutive_5xx"].as_u64(),

@@ -321,6 +321,7 @@ impl Pipeline {
             inputs
                 .traffic_policies
                 .extend(i.traffic_policies.iter().cloned());
+            inputs.gateways.extend(i.gateways.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

@@ -146,14 +146,14 @@ impl std::fmt::Display for Error {
     }
 }
 
-struct Service<'a> {
+pub(crate) struct Service<'a> {
     target: Target,
-    host: &'a str,
-    port: u32,
+    pub(crate) host: &'a str,
+    pub(crate) port: u32,
     target_port: u32,
     port_name: &'a str,
     service_port: &'a ServicePort,
-    se: &'a Object<ServiceEntrySpec>,
+    pub(crate) se: &'a Object<ServiceEntrySpec>,
     dr: Option<&'a DestinationRuleSpec>,
     routes: Option<&'a [MetaRoute]>,
     se_shared: &'a Shared<ServiceEntrySpec>,
@@ -290,6 +290,8 @@ pub struct Cache {
     resources: Resources,
     /// Names of the module-fetch clusters in `resources`.
     module_clusters: BTreeSet<String>,
+    /// Names of the gateway listeners and route configurations in `resources`.
+    gateway_resources: (Vec<String>, Vec<String>),
     /// Ports translated by the last call (the others came from the cache).
     pub translated: usize,
 }
@@ -352,6 +354,8 @@ pub fn translate_cached<'c>(
     let routers: BTreeMap<&str, &Shared<MetaRouterSpec>> = inputs
         .routers
         .iter()
+        // Routers bound to gateways only are the gateways' (`gateway`), not the mesh's.
+        .filter(|r| crate::gateway::applies_to_mesh(r))
         .filter_map(|r| Some((r.spec.hosts.first()?.as_str(), r)))
         .collect();
 
@@ -455,6 +459,23 @@ pub fn translate_cached<'c>(
             cache.apply(&old, false);
         }
     }
+    // Gateways: few, translated again on every change.
+    let (old_listeners, old_routes) = std::mem::take(&mut cache.gateway_resources);
+    for name in old_listeners {
+        cache.resources.listeners.remove(&name);
+    }
+    for name in old_routes {
+        cache.resources.routes.remove(&name);
+    }
+    let gateways = crate::gateway::render(inputs, options, &by_port, &drs)?;
+    for (name, v) in gateways.listeners {
+        cache.gateway_resources.0.push(name.clone());
+        cache.resources.listeners.insert(name, Arc::new(v));
+    }
+    for (name, v) in gateways.routes {
+        cache.gateway_resources.1.push(name.clone());
+        cache.resources.routes.insert(name, Arc::new(v));
+    }
     for name in std::mem::take(&mut cache.module_clusters) {
         cache.resources.clusters.remove(&name);
     }
@@ -537,7 +558,7 @@ fn name_of(v: &Value) -> String {
     v["name"].as_str().unwrap_or_default().to_owned()
 }
 
-fn front_listener(
+pub(crate) fn front_listener(
     options: &Options,
     port: u32,
     protocol: &str,
@@ -715,7 +736,6 @@ fn destinations(
             out.clusters.insert(cluster, c);
             continue;
         }
-        let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
         // Each bridge connection carries one server connection (tcp_proxy behind the internal
         // listener): without the same connection limit here, requests would never queue as
         // pending on the route's cluster, and `http1MaxPendingRequests` could not overflow.
@@ -727,6 +747,31 @@ fn destinations(
         {
             http_limits.insert("max_connections".into(), json!(max));
         }
+        if svc.target == Target::Envoy && eff.hash_header().is_some() {
+            // Consistent hash: the router must pick the server host (see `hostlb`).
+            let limits = (!http_limits.is_empty()).then(|| Value::Object(http_limits));
+            let hosts = crate::hostlb::per_host(
+                options.build,
+                protocol,
+                module,
+                &cluster,
+                &back,
+                &server,
+                &server_cluster(&server, &eff),
+                limits,
+                &endpoints,
+            );
+            out.listeners.extend(hosts.listeners);
+            for (name, mut c) in hosts.clusters {
+                if let (Some(n), true) = (per_connection, name == cluster) {
+                    crate::policy::max_requests_per_connection(&mut c, n);
+                }
+                out.clusters.insert(name, c);
+            }
+            out.endpoints.extend(hosts.endpoints);
+            continue;
+        }
+        let mut bridge = template::bridge_cluster(options.build, &cluster, &back);
         if !http_limits.is_empty() {
             bridge["circuit_breakers"] = json!({"thresholds": [Value::Object(http_limits)]});
         }
@@ -787,6 +832,10 @@ fn server_cluster(name: &str, eff: &EffectivePolicy<'_>) -> Value {
         Some("RANDOM") => c["lb_policy"] = json!("RANDOM"),
         _ => {}
     }
+    if eff.hash_header().is_some() {
+        // Envoy applies a route's hash_policy only with a hash-based load balancer.
+        c["lb_policy"] = json!(crate::hostlb::HASH_LB);
+    }
     if let Some(max) = tcp.and_then(|t| t.max_connections) {
         c["circuit_breakers"] = json!({"thresholds": [{"max_connections": max}]});
     }
@@ -839,7 +888,7 @@ fn dest_cluster(d: &Destination, svc: &Service<'_>) -> String {
     route_cluster(svc.target, port, d.subset.as_deref().unwrap_or(""), &d.host)
 }
 
-fn meta_route(
+pub(crate) fn meta_route(
     r: &MetaRoute,
     svc: &Service<'_>,
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
@@ -1024,27 +1073,31 @@ spec:
     #[test]
     fn demo_translates_with_aeraki_semantics() {
         let r = translate(&inputs(DEMO), &options()).unwrap();
+        // The demo's consistent hash: one hop per server host (`hostlb`).
         assert_eq!(
             r.clusters.keys().collect::<Vec<_>>(),
             vec![
-                "meltemi_server|9000|v1|demo",
-                "meltemi_server|9000|v2|demo",
-                "meltemi_server|9000||demo",
+                "meltemi_server|9000|v1|demo|127.0.0.1:9101",
+                "meltemi_server|9000|v2|demo|127.0.0.1:9102",
+                "meltemi_server|9000||demo|127.0.0.1:9101",
+                "meltemi_server|9000||demo|127.0.0.1:9102",
                 "outbound|9000|v1|demo",
                 "outbound|9000|v2|demo",
                 "outbound|9000||demo",
             ]
         );
         assert!(r.listeners.contains_key("127.0.0.1_9000"));
-        assert!(r.listeners.contains_key("meltemi_back|9000|v2|demo"));
-        let v1 = &r.endpoints["meltemi_server|9000|v1|demo"];
+        assert!(r
+            .listeners
+            .contains_key("meltemi_back|9000|v2|demo|127.0.0.1:9102"));
+        let v1 = &r.endpoints["meltemi_server|9000|v1|demo|127.0.0.1:9101"];
         assert_eq!(
             v1["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
                 ["port_value"],
             9101
         );
         assert_eq!(
-            r.endpoints["meltemi_server|9000||demo"]["endpoints"][0]["lb_endpoints"]
+            r.clusters["outbound|9000||demo"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
                 .as_array()
                 .unwrap()
                 .len(),
@@ -1084,7 +1137,7 @@ spec:
             split["request_mirror_policies"][0]["runtime_fraction"]["default_value"]["numerator"],
             125_000
         );
-        let server = &r.clusters["meltemi_server|9000|v1|demo"];
+        let server = &r.clusters["meltemi_server|9000|v1|demo|127.0.0.1:9101"];
         assert_eq!(
             server["circuit_breakers"]["thresholds"][0]["max_connections"],
             10

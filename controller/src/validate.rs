@@ -254,7 +254,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
         }
     }
 
-    let mut router_owner: BTreeMap<&str, String> = BTreeMap::new();
+    let mut router_owner: BTreeMap<(&str, String), String> = BTreeMap::new();
     for mr in &inputs.routers {
         const K: &str = "MetaRouter";
         let check_dest = |out: &mut Vec<Problem>, field: String, d: &Destination| {
@@ -318,15 +318,18 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
                 format!("host `{host}` is not a host of any ServiceEntry with a tcp-metaprotocol-* port"),
             ));
         }
-        if let Some(other) = router_owner.get(host) {
-            out.push(problem(
-                mr,
-                K,
-                "spec.hosts[0]",
-                format!("host {host} is already routed by {other}; merge the two MetaRouters"),
-            ));
-        } else {
-            router_owner.insert(host, mr.id(K));
+        // One router per host and scope (the mesh, each gateway: `gateway::scopes`).
+        for scope in crate::gateway::scopes(mr) {
+            if let Some(other) = router_owner.get(&(host, scope.clone())) {
+                out.push(problem(
+                    mr,
+                    K,
+                    "spec.hosts[0]",
+                    format!("host {host} is already routed by {other}; merge the two MetaRouters"),
+                ));
+                break;
+            }
+            router_owner.insert((host, scope), mr.id(K));
         }
         if mr.spec.routes.is_empty() {
             out.push(problem(
@@ -425,6 +428,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
     }
     crate::authz::validate(inputs, &mut out);
     out.extend(crate::policy::validate(inputs));
+    crate::gateway::validate(inputs, &known, &mut out);
     out
 }
 
