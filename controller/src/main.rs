@@ -8,6 +8,7 @@ mod model;
 mod proto;
 mod render;
 mod source;
+mod telemetry;
 mod template;
 mod translate;
 mod validate;

@@ -485,6 +485,10 @@ pub struct Inputs {
     pub service_entries: Vec<Shared<ServiceEntrySpec>>,
     /// `DestinationRule`s.
     pub destination_rules: Vec<Shared<DestinationRuleSpec>>,
+    /// Istio `Telemetry`s (see [`crate::telemetry`]).
+    pub telemetries: Vec<Shared<crate::telemetry::TelemetrySpec>>,
+    /// The mesh configuration's providers (ConfigMap `istio`, `data.mesh`).
+    pub meshes: Vec<Shared<crate::telemetry::MeshConfig>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

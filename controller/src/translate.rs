@@ -164,6 +164,9 @@ struct PortKeyRef<'a> {
     protocol: &'a str,
     module: &'a Module,
     services: Vec<SvcKeyRef<'a>>,
+    /// Access logs and tracing that apply to the port (resolved: Telemetry, providers, the
+    /// collector's ServiceEntry).
+    telemetry: Option<crate::telemetry::PortTelemetry>,
 }
 
 struct SvcKeyRef<'a> {
@@ -184,6 +187,7 @@ struct PortKey {
     protocol: String,
     module: Module,
     services: Vec<SvcKey>,
+    telemetry: Option<crate::telemetry::PortTelemetry>,
 }
 
 #[derive(Debug)]
@@ -213,6 +217,7 @@ impl PortKeyRef<'_> {
     fn same_as(&self, k: &PortKey) -> bool {
         self.protocol == k.protocol
             && *self.module == k.module
+            && self.telemetry == k.telemetry
             && self.services.len() == k.services.len()
             && self.services.iter().zip(&k.services).all(|(r, k)| {
                 r.host == k.host
@@ -232,6 +237,7 @@ impl PortKeyRef<'_> {
         PortKey {
             protocol: self.protocol.to_owned(),
             module: self.module.clone(),
+            telemetry: self.telemetry.clone(),
             services: self
                 .services
                 .iter()
@@ -275,6 +281,8 @@ pub struct Cache {
     resources: Resources,
     /// Names of the module-fetch clusters in `resources`.
     module_clusters: BTreeSet<String>,
+    /// Names of the trace collector clusters in `resources` (shared by the ports traced).
+    telemetry_clusters: BTreeSet<String>,
     /// Ports translated by the last call (the others came from the cache).
     pub translated: usize,
 }
@@ -385,9 +393,20 @@ pub fn translate_cached<'c>(
                 remote_urls.insert(url.clone());
             }
         }
+        // Plain Envoy only: on Istio, istiod applies Telemetry itself.
+        let telemetry = (options.target == Target::Envoy)
+            .then(|| {
+                let ns = services
+                    .first()
+                    .map(|s| s.se.namespace())
+                    .unwrap_or("default");
+                crate::telemetry::for_port(inputs, ns)
+            })
+            .flatten();
         let key = PortKeyRef {
             protocol,
             module,
+            telemetry,
             services: services
                 .iter()
                 .map(|s| SvcKeyRef {
@@ -411,7 +430,13 @@ pub fn translate_cached<'c>(
         }
         cache.translated += 1;
         let output = Arc::new(translate_port(
-            options, *port, protocol, module, services, &drs,
+            options,
+            *port,
+            protocol,
+            &crate::telemetry::module(module, key.telemetry.as_ref()),
+            services,
+            &drs,
+            key.telemetry.as_ref(),
         ));
         if let Some((_, old)) = cache.ports.remove(port) {
             cache.apply(&old, false);
@@ -429,6 +454,19 @@ pub fn translate_cached<'c>(
         if let Some((_, old)) = cache.ports.remove(&port) {
             cache.apply(&old, false);
         }
+    }
+    for name in std::mem::take(&mut cache.telemetry_clusters) {
+        cache.resources.clusters.remove(&name);
+    }
+    let collectors: BTreeMap<String, Value> = cache
+        .ports
+        .values()
+        .filter_map(|(k, _)| k.telemetry.as_ref()?.tracing.as_ref())
+        .map(|t| (t.cluster_name(), t.cluster()))
+        .collect();
+    for (name, cluster) in collectors {
+        cache.telemetry_clusters.insert(name.clone());
+        cache.resources.clusters.insert(name, Arc::new(cluster));
     }
     for name in std::mem::take(&mut cache.module_clusters) {
         cache.resources.clusters.remove(&name);
@@ -458,12 +496,16 @@ fn translate_port(
     module: &Module,
     services: &[Service<'_>],
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
+    telemetry: Option<&crate::telemetry::PortTelemetry>,
 ) -> PortOutput {
     let mut out = Fragment::default();
     // One host on the port: the listener names it. Several (Dubbo interface-level
     // services sharing a port): each message's `service` metadata names its host.
     let fixed = (services.len() == 1).then(|| services[0].host);
-    let listener = front_listener(options, port, protocol, module, fixed);
+    let mut listener = front_listener(options, port, protocol, module, fixed);
+    if let Some(t) = telemetry {
+        crate::telemetry::apply_listener(&mut listener, protocol, t);
+    }
     out.listeners.insert(name_of(&listener), listener);
 
     let mut vhosts = vec![json!({
@@ -487,7 +529,10 @@ fn translate_port(
         destinations(&mut out, options, protocol, module, svc);
     }
     let name = route_config_name(port);
-    let route = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+    let mut route = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+    if telemetry.is_some_and(|t| t.tracing.is_some()) {
+        crate::telemetry::decorate_routes(&mut route);
+    }
     let arc = |m: BTreeMap<String, Value>| -> Vec<(String, Json)> {
         m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
     };
