@@ -21,7 +21,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/filters/http/buffer/v3/buffer.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
-    "envoy/extensions/formatter/cel/v3/cel.proto",
+    "envoy/extensions/access_loggers/stats/v3/stats.proto",
     "envoy/config/trace/v3/zipkin.proto",
     "envoy/extensions/bootstrap/internal_listener/v3/internal_listener.proto",
     "envoy/extensions/transport_sockets/tls/v3/tls.proto",

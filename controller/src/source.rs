@@ -316,6 +316,8 @@ impl Pipeline {
             inputs
                 .destination_rules
                 .extend(i.destination_rules.iter().cloned());
+            inputs.telemetries.extend(i.telemetries.iter().cloned());
+            inputs.meshes.extend(i.meshes.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

@@ -307,6 +307,8 @@ impl Trace {
 /// provider change re-translates exactly the ports it applies to.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PortTelemetry {
+    /// Namespace of the port's services (Istio's `destination_service_namespace`).
+    pub namespace: String,
     /// Access logs (empty: none).
     pub access_logs: Vec<FileLog>,
     /// Tracing.
@@ -346,7 +348,13 @@ pub fn for_port(inputs: &Inputs, namespace: &str) -> Option<PortTelemetry> {
     let scopes = scopes(inputs, namespace);
     let logging = scopes.iter().find(|t| !t.access_logging.is_empty());
     let tracing = scopes.iter().find(|t| !t.tracing.is_empty());
-    let mut out = PortTelemetry::default();
+    if scopes.is_empty() {
+        return None;
+    }
+    let mut out = PortTelemetry {
+        namespace: namespace.to_owned(),
+        ..PortTelemetry::default()
+    };
     for entry in logging.into_iter().flat_map(|t| &t.access_logging) {
         if entry.disabled == Some(true) {
             continue;
@@ -404,7 +412,7 @@ pub fn for_port(inputs: &Inputs, namespace: &str) -> Option<PortTelemetry> {
             });
         }
     }
-    (out != PortTelemetry::default()).then_some(out)
+    Some(out)
 }
 
 /// The module with the back's `propagate_headers` set when the port is traced.
@@ -495,21 +503,13 @@ fn access_log(protocol: &str, log: &FileLog) -> Value {
     fields.extend(log.labels.clone());
     json!({
         "name": "envoy.access_loggers.file",
-        // Requests the front answers itself (heartbeats, refusals) are not calls of a service.
-        "filter": {"header_filter": {"header": {
-            "name": ":authority",
-            "string_match": {"exact": meltemi_sdk::bridge::LOCAL_AUTHORITY},
-            "invert_match": true
-        }}},
+        "filter": not_local(),
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": log.path,
             "log_format": {
-                "json_format": fields,
-                "formatters": [{
-                    "name": "envoy.formatter.cel",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.formatter.cel.v3.Cel"}
-                }]
+                // `%CEL(...)%` needs no formatter extension: Envoy 1.40 always enables it.
+                "json_format": fields
             }
         }
     })
@@ -552,8 +552,65 @@ fn tracing(t: &Trace) -> Value {
     out
 }
 
-/// Adds access logs and tracing to the front listener's HCM.
-pub fn apply_listener(listener: &mut Value, protocol: &str, t: &PortTelemetry) {
+/// Envoy's stats namespace for the wasm build's own metrics; Envoy's Prometheus output drops
+/// it (only once a wasm filter registered it).
+pub const WASM_STATS_NAMESPACE: &str = "wasmcustom";
+
+/// Istio's standard request metrics, emitted per call by Envoy's `stats` access logger with
+/// the subset of Istio's labels the bridge knows (see `docs/issue11/telemetry.md`). With a
+/// wasm front they live in the `wasmcustom` namespace, so Prometheus sees Istio's exact
+/// names; the native build has no namespace Envoy strips: `envoy_istio_*`.
+pub fn istio_metrics(build: crate::template::Build, protocol: &str, namespace: &str) -> Value {
+    let tags = |with_code: bool| -> Value {
+        let mut t = vec![
+            json!({"name": "reporter", "value_format": "source"}),
+            json!({"name": "source_workload", "value_format": "unknown"}),
+            json!({"name": "destination_service", "value_format": "%REQ(:AUTHORITY)%"}),
+            json!({"name": "destination_service_namespace", "value_format": namespace}),
+            json!({"name": "request_protocol", "value_format": protocol}),
+        ];
+        if with_code {
+            t.push(json!({"name": "response_code", "value_format": "%RESPONSE_CODE%"}));
+            t.push(json!({"name": "response_flags", "value_format": "%RESPONSE_FLAGS%"}));
+        }
+        Value::Array(t)
+    };
+    let histogram = |name: &str, unit: &str, value: &str| json!({"stat": {"name": name, "tags": tags(true)}, "unit": unit, "value_format": value});
+    let mut config = json!({
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config",
+        "counters": [{"stat": {"name": "istio_requests_total", "tags": tags(true)}, "value_fixed": 1}],
+        "histograms": [
+            histogram("istio_request_duration_milliseconds", "Milliseconds", "%DURATION%"),
+            histogram("istio_request_bytes", "Bytes", "%BYTES_RECEIVED%"),
+            histogram("istio_response_bytes", "Bytes", "%BYTES_SENT%")
+        ]
+    });
+    if build.wasm_front() {
+        config["stats_scope"] = json!({"prefix": WASM_STATS_NAMESPACE});
+    }
+    json!({
+        "name": "envoy.access_loggers.stats",
+        "filter": not_local(),
+        "typed_config": config
+    })
+}
+
+/// Requests the front answers itself (heartbeats, refusals) are not calls of a service.
+fn not_local() -> Value {
+    json!({"header_filter": {"header": {
+        "name": ":authority",
+        "string_match": {"exact": meltemi_sdk::bridge::LOCAL_AUTHORITY},
+        "invert_match": true
+    }}})
+}
+
+/// Adds access logs, Istio's standard metrics and tracing to the front listener's HCM.
+pub fn apply_listener(
+    listener: &mut Value,
+    build: crate::template::Build,
+    protocol: &str,
+    t: &PortTelemetry,
+) {
     let Some(filters) = listener["filter_chains"][0]["filters"].as_array_mut() else {
         return;
     };
@@ -562,13 +619,13 @@ pub fn apply_listener(listener: &mut Value, protocol: &str, t: &PortTelemetry) {
             continue;
         }
         let hcm = &mut f["typed_config"];
-        if !t.access_logs.is_empty() {
-            hcm["access_log"] = t
-                .access_logs
-                .iter()
-                .map(|l| access_log(protocol, l))
-                .collect();
-        }
+        let mut logs: Vec<Value> = t
+            .access_logs
+            .iter()
+            .map(|l| access_log(protocol, l))
+            .collect();
+        logs.push(istio_metrics(build, protocol, &t.namespace));
+        hcm["access_log"] = Value::Array(logs);
         if let Some(tr) = &t.tracing {
             hcm["tracing"] = tracing(tr);
             // Envoy decides sampling from the request id: without one nothing is traced.
@@ -951,7 +1008,7 @@ spec:
             {"name": "meltemi_front"},
             {"name": "envoy.filters.network.http_connection_manager", "typed_config": {"generate_request_id": false}}
         ]}]});
-        apply_listener(&mut listener, "dubbo", &t);
+        apply_listener(&mut listener, crate::template::Build::Wasm, "dubbo", &t);
         let hcm = &listener["filter_chains"][0]["filters"][1]["typed_config"];
         assert_eq!(hcm["generate_request_id"], true);
         let log = &hcm["access_log"][0]["typed_config"];
@@ -1036,6 +1093,11 @@ spec:
         let front = &r.listeners["127.0.0.1_9000"];
         let hcm = &front["filter_chains"][0]["filters"][1]["typed_config"];
         assert!(hcm["tracing"].is_object() && hcm["access_log"].is_array());
+        let istio = &hcm["access_log"][1]["typed_config"];
+        assert_eq!(istio["counters"][0]["stat"]["name"], "istio_requests_total");
+        assert_eq!(istio["stats_scope"]["prefix"], WASM_STATS_NAMESPACE);
+        let native = istio_metrics(crate::template::Build::Native, "dubbo", "meta");
+        assert!(native["typed_config"].get("stats_scope").is_none());
         let back = r
             .listeners
             .values()
@@ -1093,5 +1155,52 @@ spec:
         assert_eq!(cache.translated, 1);
         assert!(!r4.clusters.contains_key(collector));
         assert_eq!(r4, crate::translate::translate(&without, &o).unwrap());
+    }
+
+    /// The serving pipeline (what `serve` runs on the watched directory): a Telemetry file
+    /// reaches the front listener, a change to it re-translates its port, a bad rewrite is
+    /// rejected naming file, resource and field and the last good configuration stays.
+    #[test]
+    fn the_watched_directory_pipeline_serves_and_rejects_telemetry() {
+        use crate::source::{Pipeline, Rejected};
+        let dir = std::env::temp_dir().join(format!("meltemi-telemetry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("demo.yaml"), crate::translate::tests::DEMO).unwrap();
+        let file = dir.join("telemetry.yaml");
+        std::fs::write(&file, MESH).unwrap();
+        let mut p = Pipeline::new(crate::translate::tests::options());
+        let t = std::time::Instant::now();
+        p.refresh_dir(&dir, None).unwrap();
+        let (first, _) = p.snapshot(t, None).unwrap();
+        // Without the Telemetry reaching translation nothing would be re-translated below.
+        let touched: std::collections::BTreeSet<_> = [file.clone()].into();
+        std::fs::write(
+            &file,
+            MESH.replace(
+                "randomSamplingPercentage: 100",
+                "randomSamplingPercentage: 7",
+            ),
+        )
+        .unwrap();
+        p.refresh_dir(&dir, Some(&touched)).unwrap();
+        let (second, stats) = p.snapshot(t, Some(&first)).unwrap();
+        assert_eq!(stats.ports_translated, 1);
+        assert_ne!(second.versions(), first.versions());
+        std::fs::write(
+            &file,
+            MESH.replace(
+                "randomSamplingPercentage: 100",
+                "randomSamplingPercentage: 700",
+            ),
+        )
+        .unwrap();
+        p.refresh_dir(&dir, Some(&touched)).unwrap();
+        let Err(Rejected::Problems(ps)) = p.snapshot(t, Some(&second)) else {
+            panic!("a sampling of 700 % accepted");
+        };
+        let msg = ps[0].to_string();
+        assert!(msg.contains("telemetry.yaml (document 3): Telemetry istio-system/mesh-default: field `spec.tracing[0].randomSamplingPercentage`"), "{msg}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

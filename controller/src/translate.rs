@@ -504,7 +504,7 @@ fn translate_port(
     let fixed = (services.len() == 1).then(|| services[0].host);
     let mut listener = front_listener(options, port, protocol, module, fixed);
     if let Some(t) = telemetry {
-        crate::telemetry::apply_listener(&mut listener, protocol, t);
+        crate::telemetry::apply_listener(&mut listener, options.build, protocol, t);
     }
     out.listeners.insert(name_of(&listener), listener);
 
