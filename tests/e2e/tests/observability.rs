@@ -100,7 +100,8 @@ impl Drop for Collector {
     }
 }
 
-/// One collector connection: requests with a `content-length` body, answered 202.
+/// One collector connection: HTTP/1.1 requests (Envoy's Zipkin reporter sends chunked
+/// bodies; `content-length` is read too), each answered 202.
 fn serve(mut c: TcpStream, spans: &Mutex<Vec<Value>>, stop: &AtomicBool) {
     let _ = c.set_nonblocking(false);
     let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
@@ -120,18 +121,8 @@ fn serve(mut c: TcpStream, spans: &Mutex<Vec<Value>>, stop: &AtomicBool) {
             }
             Err(_) => return,
         }
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            let body: Vec<u8> = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
+        while let Some((head, body, used)) = parse_request(&buf) {
+            buf.drain(..used);
             if head.starts_with("post /api/v2/spans") {
                 if let Ok(Value::Array(batch)) = serde_json::from_slice::<Value>(&body) {
                     spans.lock().expect("spans").extend(batch);
@@ -140,6 +131,37 @@ fn serve(mut c: TcpStream, spans: &Mutex<Vec<Value>>, stop: &AtomicBool) {
             let _ = c.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n");
         }
     }
+}
+
+/// One complete request at the start of `buf`: (lower-cased head, body, bytes used).
+fn parse_request(buf: &[u8]) -> Option<(String, Vec<u8>, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let mut at = end + 4;
+    if head.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            let line_end = at + buf.get(at..)?.windows(2).position(|w| w == b"\r\n")?;
+            let size_text = String::from_utf8_lossy(&buf[at..line_end]);
+            let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                // No trailers from Envoy: the final CRLF.
+                buf.get(at..at + 2)?;
+                return Some((head, body, at + 2));
+            }
+            body.extend_from_slice(buf.get(at..at + size)?);
+            at += size + 2;
+            buf.get(..at)?;
+        }
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let body = buf.get(at..at + len)?.to_vec();
+    Some((head, body, at + len))
 }
 
 /// The mesh configuration (providers), the collector's ServiceEntry and a mesh-wide
@@ -257,10 +279,12 @@ fn dashboard_metrics_are_exported(envoy: &Envoy) {
     )
     .expect("dashboard JSON");
     let scrape = std::fs::read_to_string(docs.join("prometheus.yml")).expect("scrape config");
-    assert!(
-        scrape.contains(&format!("regex: {NATIVE_PROM_PREFIX}(meltemi_.*)")),
-        "the scrape config must strip the native prefix"
-    );
+    for rule in [
+        format!("regex: {NATIVE_PROM_PREFIX}(meltemi_.*)"),
+        "regex: envoy_(istio_.*)".to_owned(),
+    ] {
+        assert!(scrape.contains(&rule), "the scrape config lacks {rule}");
+    }
     let mut exprs = Vec::new();
     collect_exprs(&dash, &mut exprs);
     assert!(exprs.len() >= 6, "{exprs:?}");
@@ -270,7 +294,13 @@ fn dashboard_metrics_are_exported(envoy: &Envoy) {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
             let name = l.split(['{', ' ']).next().unwrap_or("");
+            // The scrape config's two relabelling rules.
             name.strip_prefix(NATIVE_PROM_PREFIX)
+                .filter(|n| n.starts_with("meltemi_"))
+                .or_else(|| {
+                    name.strip_prefix("envoy_")
+                        .filter(|n| n.starts_with("istio_"))
+                })
                 .unwrap_or(name)
                 .to_owned()
         })
@@ -283,6 +313,28 @@ fn dashboard_metrics_are_exported(envoy: &Envoy) {
             );
         }
     }
+}
+
+/// Istio's standard metric `base` as this engine's Envoy exports it: Istio's exact name with a
+/// wasm front (the `wasmcustom` namespace is dropped), `envoy_<base>` on the native build.
+fn istio_name(engine: Engine, base: &str) -> String {
+    if engine == Engine::Native {
+        format!("envoy_{base}")
+    } else {
+        base.to_owned()
+    }
+}
+
+/// Waits until Istio's request counter for `protocol` and `code` reaches `want`.
+fn wait_istio(envoy: &Envoy, engine: Engine, protocol: &str, code: &str, want: f64) {
+    let name = istio_name(engine, "istio_requests_total");
+    let labels = [
+        ("reporter", "source"),
+        ("request_protocol", protocol),
+        ("response_code", code),
+    ];
+    let got = envoy.wait_prom(&name, &labels, want);
+    assert_eq!(got, want, "{name} {labels:?}:\n{}", envoy.prometheus());
 }
 
 fn collect_exprs(v: &Value, out: &mut Vec<String>) {
@@ -317,7 +369,10 @@ fn metric_names(expr: &str) -> Vec<String> {
             // (in selectors and `by (...)`) by `=`, `!`, `~` or `)`, label values are quoted.
             let quoted = start > 0 && bytes[start - 1] == '"';
             let metric = matches!(bytes.get(i), Some('{' | '[' | ','));
-            if !quoted && metric && (word.starts_with("meltemi_") || word.starts_with("envoy_")) {
+            let ours = ["meltemi_", "envoy_", "istio_"]
+                .iter()
+                .any(|p| word.starts_with(p));
+            if !quoted && metric && ours {
                 out.push(word);
             }
         } else {
@@ -450,6 +505,10 @@ spec:
         envoy.prom_sum("meltemi_requests_total", &[dubbo, ("method", "attachment")]),
         2.0
     );
+
+    // Istio's standard metrics, from the same calls (a business error is a 200 answer).
+    wait_istio(&envoy, engine, "dubbo", "200", 4.0);
+    wait_istio(&envoy, engine, "dubbo", "404", 2.0);
 
     // Access log: one line per call, in order, naming it.
     let lines = wait_log(&log, "dubbo", 6, &envoy);
@@ -614,6 +673,9 @@ spec:
         envoy.prom_sum("meltemi_requests_total", &[thrift, ("method", "echo")]),
         3.0
     );
+
+    wait_istio(&envoy, engine, "thrift", "200", 5.0);
+    wait_istio(&envoy, engine, "thrift", "404", 1.0);
 
     let lines = wait_log(&log, "thrift", 6, &envoy);
     assert_eq!(lines.len(), 6, "{lines:#?}");
