@@ -556,10 +556,15 @@ fn tracing(t: &Trace) -> Value {
 /// it (only once a wasm filter registered it).
 pub const WASM_STATS_NAMESPACE: &str = "wasmcustom";
 
+/// Envoy's stats namespace for dynamic modules' metrics; Envoy 1.40's Prometheus output keeps
+/// it (`envoy_dynamicmodulescustom_…`).
+pub const NATIVE_STATS_NAMESPACE: &str = "dynamicmodulescustom";
+
 /// Istio's standard request metrics, emitted per call by Envoy's `stats` access logger with
 /// the subset of Istio's labels the bridge knows (see `docs/issue11/telemetry.md`). With a
 /// wasm front they live in the `wasmcustom` namespace, so Prometheus sees Istio's exact
-/// names; the native build has no namespace Envoy strips: `envoy_istio_*`.
+/// names; the native build has no namespace Envoy strips: they join its own metrics in
+/// `dynamicmodulescustom` (Prometheus: `envoy_dynamicmodulescustom_istio_*`).
 pub fn istio_metrics(build: crate::template::Build, protocol: &str, namespace: &str) -> Value {
     let tags = |with_code: bool| -> Value {
         let mut t = vec![
@@ -585,9 +590,14 @@ pub fn istio_metrics(build: crate::template::Build, protocol: &str, namespace: &
             histogram("istio_response_bytes", "Bytes", "%BYTES_SENT%")
         ]
     });
-    if build.wasm_front() {
-        config["stats_scope"] = json!({"prefix": WASM_STATS_NAMESPACE});
-    }
+    // Envoy requires a scope. The native build's own metrics live in the dynamic modules'
+    // namespace: Istio's go there too, so one scrape rule renames both.
+    let scope = if build.wasm_front() {
+        WASM_STATS_NAMESPACE
+    } else {
+        NATIVE_STATS_NAMESPACE
+    };
+    config["stats_scope"] = json!({"prefix": scope});
     json!({
         "name": "envoy.access_loggers.stats",
         "filter": not_local(),
@@ -1097,7 +1107,10 @@ spec:
         assert_eq!(istio["counters"][0]["stat"]["name"], "istio_requests_total");
         assert_eq!(istio["stats_scope"]["prefix"], WASM_STATS_NAMESPACE);
         let native = istio_metrics(crate::template::Build::Native, "dubbo", "meta");
-        assert!(native["typed_config"].get("stats_scope").is_none());
+        assert_eq!(
+            native["typed_config"]["stats_scope"]["prefix"],
+            NATIVE_STATS_NAMESPACE
+        );
         let back = r
             .listeners
             .values()
