@@ -415,20 +415,28 @@ pub fn for_port(inputs: &Inputs, namespace: &str) -> Option<PortTelemetry> {
     Some(out)
 }
 
-/// The module with the back's `propagate_headers` set when the port is traced.
+/// The module for one port: the back's `propagate_headers` set when the port is traced, and
+/// the methods its routes name as `known_methods` (unless the operator set them with
+/// `--filter-config`).
 pub fn module<'a>(
     module: &'a crate::template::Module,
     t: Option<&PortTelemetry>,
+    methods: &std::collections::BTreeSet<&str>,
 ) -> std::borrow::Cow<'a, crate::template::Module> {
-    match t.and_then(|t| t.tracing.as_ref()) {
-        Some(_) => {
-            let mut m = module.clone();
-            m.config
-                .insert("propagate_headers".into(), json!(B3_HEADERS));
-            std::borrow::Cow::Owned(m)
-        }
-        None => std::borrow::Cow::Borrowed(module),
+    let traced = t.is_some_and(|t| t.tracing.is_some());
+    let name_methods = !methods.is_empty() && !module.config.contains_key("known_methods");
+    if !traced && !name_methods {
+        return std::borrow::Cow::Borrowed(module);
     }
+    let mut m = module.clone();
+    if traced {
+        m.config
+            .insert("propagate_headers".into(), json!(B3_HEADERS));
+    }
+    if name_methods {
+        m.config.insert("known_methods".into(), json!(methods));
+    }
+    std::borrow::Cow::Owned(m)
 }
 
 /// A CEL expression mapping the answer to the protocol outcome the front reports in
@@ -1070,11 +1078,17 @@ spec:
             failure_policy: Default::default(),
             config: Default::default(),
         };
+        let none = std::collections::BTreeSet::new();
         assert_eq!(
-            module(&m, Some(&t)).config["propagate_headers"],
+            module(&m, Some(&t), &none).config["propagate_headers"],
             json!(B3_HEADERS)
         );
-        assert!(module(&m, None).config.is_empty());
+        assert!(module(&m, None, &none).config.is_empty());
+        let methods = ["echo", "add"].into_iter().collect();
+        assert_eq!(
+            module(&m, None, &methods).config["known_methods"],
+            json!(["add", "echo"])
+        );
     }
 
     #[test]

@@ -433,7 +433,7 @@ pub fn translate_cached<'c>(
             options,
             *port,
             protocol,
-            &crate::telemetry::module(module, key.telemetry.as_ref()),
+            &crate::telemetry::module(module, key.telemetry.as_ref(), &routed_methods(services)),
             services,
             &drs,
             key.telemetry.as_ref(),
@@ -479,6 +479,25 @@ pub fn translate_cached<'c>(
         }
     }
     Ok(&cache.resources)
+}
+
+/// The methods the port's routes match exactly: the front's `known_methods`, so that the
+/// native build (which defines its metrics when its configuration loads) has a `method` label
+/// of their own for each instead of `other`.
+fn routed_methods<'a>(services: &'a [Service<'_>]) -> BTreeSet<&'a str> {
+    services
+        .iter()
+        .flat_map(|s| s.routes.into_iter().flatten())
+        .filter_map(|r| {
+            r.matches
+                .as_ref()?
+                .attributes
+                .get("method")?
+                .as_ref()?
+                .exact
+                .as_deref()
+        })
+        .collect()
 }
 
 /// The resources of one port, as plain JSON while being built.
@@ -1076,7 +1095,11 @@ spec:
             .as_str()
             .unwrap()
             .to_owned();
-        assert_eq!(front, r#"{"role":"front","service":"demo"}"#);
+        // The methods the routes match get metric labels of their own (native build).
+        assert_eq!(
+            front,
+            r#"{"known_methods":["sayHello"],"role":"front","service":"demo"}"#
+        );
     }
 
     #[test]
@@ -1186,7 +1209,7 @@ spec:
             assert_eq!(up["typed_config"]["bridge_name"], "back");
             assert_eq!(
                 up["typed_config"]["bridge_config"]["value"],
-                r#"{"role":"back"}"#
+                r#"{"known_methods":["sayHello"],"role":"back"}"#
             );
             // Both limits on the one cluster: TCP connections and the HTTP hop's requests.
             assert_eq!(
