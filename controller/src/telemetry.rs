@@ -389,7 +389,7 @@ pub fn for_port(inputs: &Inputs, namespace: &str) -> Option<PortTelemetry> {
             let endpoints = inputs
                 .service_entries
                 .iter()
-                .filter(|se| se.spec.hosts.iter().any(|h| *h == z.service))
+                .filter(|se| se.spec.hosts.contains(&z.service))
                 .flat_map(|se| {
                     let port = se.spec.ports.iter().find(|p| p.number == z.port);
                     se.spec.endpoints.iter().map(move |e| {
