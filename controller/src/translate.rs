@@ -1235,7 +1235,7 @@ spec:
                 assert_eq!(front["typed_config"]["filter_name"], "front");
                 assert_eq!(
                     front["typed_config"]["filter_config"]["value"],
-                    r#"{"role":"front","service":"demo"}"#
+                    r#"{"known_methods":["sayHello"],"role":"front","service":"demo"}"#
                 );
             } else {
                 assert!(front["typed_config"]["config"]["vm_config"].is_object());
