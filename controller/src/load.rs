@@ -272,6 +272,20 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        ("telemetry.istio.io", "Telemetry") => push(
+            &mut inputs.telemetries,
+            &api,
+            &kind,
+            meta,
+            spec,
+            source,
+            problems,
+        ),
+        // The mesh configuration istiod reads (its `extensionProviders`); other ConfigMaps
+        // are skipped.
+        ("v1", "ConfigMap") if meta.name == "istio" => {
+            crate::telemetry::load_mesh(&doc, meta, source, &mut inputs.meshes, problems)
+        }
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);

@@ -12,6 +12,7 @@ mod policy;
 mod proto;
 mod render;
 mod source;
+mod telemetry;
 mod template;
 mod translate;
 mod validate;

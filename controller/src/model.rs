@@ -496,6 +496,10 @@ pub struct Inputs {
     pub traffic_policies: Vec<Shared<crate::policy::MetaTrafficPolicySpec>>,
     /// Istio `Gateway`s (their Meltemi servers become gateway listeners).
     pub gateways: Vec<Shared<crate::gateway::GatewaySpec>>,
+    /// Istio `Telemetry`s (see [`crate::telemetry`]).
+    pub telemetries: Vec<Shared<crate::telemetry::TelemetrySpec>>,
+    /// The mesh configuration's providers (ConfigMap `istio`, `data.mesh`).
+    pub meshes: Vec<Shared<crate::telemetry::MeshConfig>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

@@ -322,6 +322,8 @@ impl Pipeline {
                 .traffic_policies
                 .extend(i.traffic_policies.iter().cloned());
             inputs.gateways.extend(i.gateways.iter().cloned());
+            inputs.telemetries.extend(i.telemetries.iter().cloned());
+            inputs.meshes.extend(i.meshes.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }

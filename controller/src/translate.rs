@@ -170,6 +170,9 @@ struct PortKeyRef<'a> {
     services: Vec<SvcKeyRef<'a>>,
     /// The authorization policies that apply to the port's services.
     authz: crate::authz::PortPolicies,
+    /// Access logs and tracing that apply to the port (resolved: Telemetry, providers, the
+    /// collector's ServiceEntry).
+    telemetry: Option<crate::telemetry::PortTelemetry>,
 }
 
 struct SvcKeyRef<'a> {
@@ -193,6 +196,7 @@ struct PortKey {
     module: Module,
     services: Vec<SvcKey>,
     authz: crate::authz::PortPolicies,
+    telemetry: Option<crate::telemetry::PortTelemetry>,
 }
 
 #[derive(Debug)]
@@ -224,6 +228,7 @@ impl PortKeyRef<'_> {
         self.protocol == k.protocol
             && self.authz == k.authz
             && *self.module == k.module
+            && self.telemetry == k.telemetry
             && self.services.len() == k.services.len()
             && self.services.iter().zip(&k.services).all(|(r, k)| {
                 r.host == k.host
@@ -246,6 +251,7 @@ impl PortKeyRef<'_> {
             protocol: self.protocol.to_owned(),
             module: self.module.clone(),
             authz: self.authz.clone(),
+            telemetry: self.telemetry.clone(),
             services: self
                 .services
                 .iter()
@@ -292,6 +298,8 @@ pub struct Cache {
     module_clusters: BTreeSet<String>,
     /// Names of the gateway listeners and route configurations in `resources`.
     gateway_resources: (Vec<String>, Vec<String>),
+    /// Names of the trace collector clusters in `resources` (shared by the ports traced).
+    telemetry_clusters: BTreeSet<String>,
     /// Ports translated by the last call (the others came from the cache).
     pub translated: usize,
 }
@@ -405,9 +413,20 @@ pub fn translate_cached<'c>(
                 remote_urls.insert(url.clone());
             }
         }
+        // Plain Envoy only: on Istio, istiod applies Telemetry itself.
+        let telemetry = (options.target == Target::Envoy)
+            .then(|| {
+                let ns = services
+                    .first()
+                    .map(|s| s.se.namespace())
+                    .unwrap_or("default");
+                crate::telemetry::for_port(inputs, ns)
+            })
+            .flatten();
         let key = PortKeyRef {
             protocol,
             module,
+            telemetry,
             services: services
                 .iter()
                 .map(|s| SvcKeyRef {
@@ -440,7 +459,14 @@ pub fn translate_cached<'c>(
         }
         cache.translated += 1;
         let output = Arc::new(translate_port(
-            options, *port, protocol, module, services, &drs, &key.authz,
+            options,
+            *port,
+            protocol,
+            &crate::telemetry::module(module, key.telemetry.as_ref(), &routed_methods(services)),
+            services,
+            &drs,
+            &key.authz,
+            key.telemetry.as_ref(),
         ));
         if let Some((_, old)) = cache.ports.remove(port) {
             cache.apply(&old, false);
@@ -476,6 +502,19 @@ pub fn translate_cached<'c>(
         cache.gateway_resources.1.push(name.clone());
         cache.resources.routes.insert(name, Arc::new(v));
     }
+    for name in std::mem::take(&mut cache.telemetry_clusters) {
+        cache.resources.clusters.remove(&name);
+    }
+    let collectors: BTreeMap<String, Value> = cache
+        .ports
+        .values()
+        .filter_map(|(k, _)| k.telemetry.as_ref()?.tracing.as_ref())
+        .map(|t| (t.cluster_name(), t.cluster()))
+        .collect();
+    for (name, cluster) in collectors {
+        cache.telemetry_clusters.insert(name.clone());
+        cache.resources.clusters.insert(name, Arc::new(cluster));
+    }
     for name in std::mem::take(&mut cache.module_clusters) {
         cache.resources.clusters.remove(&name);
     }
@@ -487,6 +526,25 @@ pub fn translate_cached<'c>(
         }
     }
     Ok(&cache.resources)
+}
+
+/// The methods the port's routes match exactly: the front's `known_methods`, so that the
+/// native build (which defines its metrics when its configuration loads) has a `method` label
+/// of their own for each instead of `other`.
+fn routed_methods<'a>(services: &'a [Service<'_>]) -> BTreeSet<&'a str> {
+    services
+        .iter()
+        .flat_map(|s| s.routes.into_iter().flatten())
+        .filter_map(|r| {
+            r.matches
+                .as_ref()?
+                .attributes
+                .get("method")?
+                .as_ref()?
+                .exact
+                .as_deref()
+        })
+        .collect()
 }
 
 /// The resources of one port, as plain JSON while being built.
@@ -505,12 +563,16 @@ fn translate_port(
     services: &[Service<'_>],
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
     authz: &crate::authz::PortPolicies,
+    telemetry: Option<&crate::telemetry::PortTelemetry>,
 ) -> PortOutput {
     let mut out = Fragment::default();
     // One host on the port: the listener names it. Several (Dubbo interface-level
     // services sharing a port): each message's `service` metadata names its host.
     let fixed = (services.len() == 1).then(|| services[0].host);
-    let listener = front_listener(options, port, protocol, module, fixed);
+    let mut listener = front_listener(options, port, protocol, module, fixed);
+    if let Some(t) = telemetry {
+        crate::telemetry::apply_listener(&mut listener, options.build, protocol, t);
+    }
     out.listeners.insert(name_of(&listener), listener);
 
     let mut vhosts = vec![json!({
@@ -542,7 +604,10 @@ fn translate_port(
         destinations(&mut out, options, protocol, module, svc);
     }
     let name = route_config_name(port);
-    let route = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+    let mut route = json!({"name": name, "virtual_hosts": vhosts, "validate_clusters": false});
+    if telemetry.is_some_and(|t| t.tracing.is_some()) {
+        crate::telemetry::decorate_routes(&mut route);
+    }
     let arc = |m: BTreeMap<String, Value>| -> Vec<(String, Json)> {
         m.into_iter().map(|(k, v)| (k, Arc::new(v))).collect()
     };
@@ -1158,7 +1223,11 @@ spec:
             .as_str()
             .unwrap()
             .to_owned();
-        assert_eq!(front, r#"{"role":"front","service":"demo"}"#);
+        // The methods the routes match get metric labels of their own (native build).
+        assert_eq!(
+            front,
+            r#"{"known_methods":["sayHello"],"role":"front","service":"demo"}"#
+        );
     }
 
     #[test]
@@ -1287,7 +1356,7 @@ spec:
             assert_eq!(up["typed_config"]["bridge_name"], "back");
             assert_eq!(
                 up["typed_config"]["bridge_config"]["value"],
-                r#"{"role":"back"}"#
+                r#"{"known_methods":["sayHello"],"role":"back"}"#
             );
             // Both limits on the one cluster: TCP connections and the HTTP hop's requests.
             assert_eq!(
@@ -1313,7 +1382,7 @@ spec:
                 assert_eq!(front["typed_config"]["filter_name"], "front");
                 assert_eq!(
                     front["typed_config"]["filter_config"]["value"],
-                    r#"{"role":"front","service":"demo"}"#
+                    r#"{"known_methods":["sayHello"],"role":"front","service":"demo"}"#
                 );
             } else {
                 assert!(front["typed_config"]["config"]["vm_config"].is_object());

@@ -429,6 +429,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
     crate::authz::validate(inputs, &mut out);
     out.extend(crate::policy::validate(inputs));
     crate::gateway::validate(inputs, &known, &mut out);
+    out.extend(crate::telemetry::validate(inputs));
     out
 }
 

@@ -131,6 +131,7 @@ fuzz_target!(|data: &[u8]| {
         limits,
         known_services: Vec::new(),
         known_methods: Vec::new(),
+        propagate_headers: Vec::new(),
         hcm_protocol: meltemi_sdk::config::HcmProtocol::Http1,
         codec: MiniRpcConfig::default(),
     });

@@ -193,7 +193,12 @@ impl<C: Codec> Back<C> {
         let body = head.body_len?;
         let complete = rest.len() >= head.len.saturating_add(body);
         let plain = head.header(KIND_HEADER) == Some(MessageKind::Request.as_str())
-            && head.header(bridge::MUTATION_HEADER).is_none();
+            && head.header(bridge::MUTATION_HEADER).is_none()
+            && self
+                .config
+                .propagate_headers
+                .iter()
+                .all(|h| head.header(h).is_none());
         (body > STREAM_MIN && body <= self.config.limits.max_frame_bytes && !complete && plain)
             .then_some(head)
     }
@@ -215,7 +220,11 @@ impl<C: Codec> Back<C> {
                 ))
             })?;
         let frame = parsed.body.as_slice();
-        let mutation = bridge::mutation_from_headers(parsed.header_all(bridge::MUTATION_HEADER));
+        let mut mutation =
+            bridge::mutation_from_headers(parsed.header_all(bridge::MUTATION_HEADER));
+        crate::exchange::propagate(&mut mutation, &self.config.propagate_headers, |name| {
+            parsed.header(name).map(str::to_owned)
+        });
         let needs_message = !mutation.is_empty() || kind == MessageKind::OneWay;
         let message = if needs_message {
             match self.frame_codec.decode(frame) {

@@ -110,6 +110,12 @@ pub struct FilterConfig<C> {
     /// See [`FilterConfig::known_services`].
     #[serde(default)]
     pub known_methods: Vec<String>,
+    /// Request headers the back copies from the router's request into the frame as metadata
+    /// (the codec writes them like a mutation: Dubbo attachments, THeader headers), so that
+    /// the trace context Envoy's tracer injects (`x-b3-traceid`, …) reaches the server. Lower
+    /// case; the controller fills it in when tracing is on.
+    #[serde(default)]
+    pub propagate_headers: Vec<String>,
     /// The codec's own configuration.
     #[serde(default)]
     pub codec: C,
@@ -150,6 +156,15 @@ impl<C: serde::de::DeserializeOwned + Default> FilterConfig<C> {
                 "meltemi filter configuration: field `limits.max_connection_buffer_bytes`: {} is below limits.max_frame_bytes ({}): no frame of the maximum size could arrive",
                 l.connection_buffer_bytes(),
                 l.max_frame_bytes
+            ));
+        }
+        if let Some(bad) = config
+            .propagate_headers
+            .iter()
+            .find(|h| !crate::http1::is_header_name(h) || h.bytes().any(|b| b.is_ascii_uppercase()))
+        {
+            return Err(format!(
+                "meltemi filter configuration: field `propagate_headers`: {bad:?} is not a lower-case header name"
             ));
         }
         if let Some(service) = &config.service {
@@ -196,5 +211,15 @@ mod tests {
             FilterConfig::<NoCodec>::parse(br#"{"role":"back","limits":{"max_frame_bytes":0}}"#)
                 .unwrap_err();
         assert!(e.contains("max_frame_bytes"), "{e}");
+        let c = FilterConfig::<NoCodec>::parse(
+            br#"{"role":"back","propagate_headers":["x-b3-traceid"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.propagate_headers, ["x-b3-traceid"]);
+        let e = FilterConfig::<NoCodec>::parse(
+            br#"{"role":"back","propagate_headers":["X-B3-TraceId"]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("field `propagate_headers`"), "{e}");
     }
 }

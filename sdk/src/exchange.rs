@@ -73,6 +73,21 @@ struct Head {
     mutation: Metadata,
 }
 
+/// Adds to `mutation` the value of every header in `names` the router's request carries (the
+/// trace context its tracer injected): the codec writes them into the frame like the route's
+/// own mutation. A value that is not a valid header value never arrives here (HTTP parsing).
+pub(crate) fn propagate(
+    mutation: &mut Metadata,
+    names: &[String],
+    header: impl Fn(&str) -> Option<String>,
+) {
+    for name in names {
+        if let Some(value) = header(name) {
+            mutation.set(name, value);
+        }
+    }
+}
+
 /// One upstream request attempt.
 pub struct Exchange<C: Codec> {
     /// Decodes the server's stream.
@@ -145,11 +160,16 @@ impl<C: Codec> Exchange<C> {
             )));
         };
         let mutation_values = header(bridge::MUTATION_HEADER);
+        let mut mutation =
+            bridge::mutation_from_headers(mutation_values.iter().map(String::as_str));
+        propagate(&mut mutation, &self.config.propagate_headers, |name| {
+            first(name)
+        });
         self.head = Some(Head {
             kind,
             id: first(RID_HEADER).and_then(|v| v.parse().ok()),
             method: first("method"),
-            mutation: bridge::mutation_from_headers(mutation_values.iter().map(String::as_str)),
+            mutation,
         });
         if end_stream {
             return self.finish(Step::respond(Response::local(400, "empty request body")));

@@ -140,6 +140,7 @@ fn front_http<C: Codec>(config: &C::Config, reads: &[&[u8]]) -> Result<Vec<u8>, 
         limits: Limits::default(),
         known_services: Vec::new(),
         known_methods: Vec::new(),
+        propagate_headers: Vec::new(),
         hcm_protocol: crate::config::HcmProtocol::Http1,
         codec: config.clone(),
     });

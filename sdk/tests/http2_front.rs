@@ -92,6 +92,7 @@ fn front<const ANY: bool>(max_pending: usize) -> Front<Lp<ANY>> {
         },
         known_services: Vec::new(),
         known_methods: Vec::new(),
+        propagate_headers: Vec::new(),
         hcm_protocol: HcmProtocol::Http2,
         codec: (),
     }))

@@ -137,6 +137,7 @@ fn config(role: Role, limits: Limits) -> Rc<FilterConfig<()>> {
         limits,
         known_services: Vec::new(),
         known_methods: Vec::new(),
+        propagate_headers: Vec::new(),
         hcm_protocol: meltemi_sdk::config::HcmProtocol::Http1,
         codec: (),
     })
@@ -694,6 +695,62 @@ fn exchange_applies_the_mutation_to_the_whole_frame() {
     let step = x.on_body(&[b], true, &mut sink);
     assert!(!step.forward_input);
     assert_eq!(step.to_server, lp(1, 5, "renamed", b"p"));
+}
+
+/// A back whose configuration names headers to propagate (the trace context) writes their
+/// values into the frame as metadata, the way the codec writes a mutation; a request without
+/// them passes unchanged. (The test codec can only place `method`, so `method` stands in for
+/// a trace header here; the end-to-end suite proves `x-b3-*` with the real codecs.)
+fn propagating(role: Role) -> Rc<FilterConfig<()>> {
+    let mut c = (*config(role, Limits::default())).clone();
+    c.propagate_headers = vec!["method".into()];
+    Rc::new(c)
+}
+
+#[test]
+fn exchange_writes_propagated_headers_into_the_frame() {
+    let mut x = Exchange::<Lp>::new(propagating(Role::Back), VmShared::unbounded());
+    let mut sink = Recorder::default();
+    let base = headers("request", 5, &[]);
+    let traced = move |name: &str| match name {
+        "method" => vec!["traced".to_owned()],
+        other => base(other),
+    };
+    x.on_headers(&traced, false);
+    let frame = lp(1, 5, "m", b"p");
+    let step = x.on_body(&[&frame], true, &mut sink);
+    assert!(!step.forward_input);
+    assert_eq!(step.to_server, lp(1, 5, "traced", b"p"));
+    // Without the header nothing is held or rewritten.
+    let mut x = Exchange::<Lp>::new(propagating(Role::Back), VmShared::unbounded());
+    let plain = |name: &str| match name {
+        "x-meltemi-kind" => vec!["request".to_owned()],
+        _ => Vec::new(),
+    };
+    x.on_headers(&plain, false);
+    assert!(x.on_body(&[&frame], true, &mut sink).forward_input);
+}
+
+#[test]
+fn back_writes_propagated_headers_into_the_frame() {
+    let mut b = Back::<Lp>::new(propagating(Role::Back));
+    let mut sink = Recorder::default();
+    let frame = lp(1, 4, "m", b"body");
+    let request = |extra: &str| {
+        let mut http = format!(
+            "POST /svc/m HTTP/1.1\r\nhost: svc\r\nx-meltemi-kind: request\r\n{extra}content-length: {}\r\n\r\n",
+            frame.len()
+        )
+        .into_bytes();
+        http.extend_from_slice(&frame);
+        http
+    };
+    assert_eq!(
+        b.on_router_data(&request("method: traced\r\n"), &mut sink)
+            .unwrap(),
+        lp(1, 4, "traced", b"body")
+    );
+    assert_eq!(b.on_router_data(&request(""), &mut sink).unwrap(), frame);
 }
 
 #[test]
