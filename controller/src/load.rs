@@ -221,6 +221,15 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        ("meltemi.io", crate::ratelimit::KIND) => push(
+            &mut inputs.rate_limit_configs,
+            &api,
+            &kind,
+            meta,
+            spec,
+            source,
+            problems,
+        ),
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);
@@ -277,6 +286,18 @@ fn push<T: DeserializeOwned + Default>(
             resource,
             field: "apiVersion".into(),
             message: format!("{api} is not supported; use {AERAKI_API}"),
+        });
+        return;
+    }
+    if api.starts_with("meltemi.io/") && api != crate::ratelimit::MELTEMI_API {
+        problems.push(Problem {
+            source,
+            resource,
+            field: "apiVersion".into(),
+            message: format!(
+                "{api} is not supported; use {}",
+                crate::ratelimit::MELTEMI_API
+            ),
         });
         return;
     }

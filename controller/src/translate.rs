@@ -463,7 +463,14 @@ fn translate_port(
     // One host on the port: the listener names it. Several (Dubbo interface-level
     // services sharing a port): each message's `service` metadata names its host.
     let fixed = (services.len() == 1).then(|| services[0].host);
-    let listener = front_listener(options, port, protocol, module, fixed);
+    let mut listener = front_listener(options, port, protocol, module, fixed);
+    let rate_limits = crate::ratelimit::envoy::plan(services.iter().map(|s| {
+        let rl = s
+            .router_shared
+            .and_then(|r| r.spec.global_rate_limit.as_ref());
+        (s.host, rl)
+    }));
+    rate_limits.add_filters(&mut listener);
     out.listeners.insert(name_of(&listener), listener);
 
     let mut vhosts = vec![json!({
@@ -479,6 +486,7 @@ fn translate_port(
                 .collect::<Vec<_>>(),
             None => vec![default_route(svc)],
         };
+        let routes = rate_limits.routes(svc.host, routes);
         vhosts.push(json!({
             "name": format!("{}:{}", svc.host, svc.port),
             "domains": [svc.host],

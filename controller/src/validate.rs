@@ -423,6 +423,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
             }
         }
     }
+    out.extend(crate::ratelimit::validate::validate(inputs));
     out
 }
 
