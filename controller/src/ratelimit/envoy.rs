@@ -134,10 +134,18 @@ impl PortPlan<'_> {
         if self.filters.is_empty() {
             return;
         }
-        let chains = listener["filter_chains"].as_array_mut();
+        // `get_mut`, not indexing: indexing a JSON object inserts the key it looks for.
+        let chains = listener
+            .get_mut("filter_chains")
+            .and_then(Value::as_array_mut);
         for chain in chains.into_iter().flatten() {
-            for filter in chain["filters"].as_array_mut().into_iter().flatten() {
-                let Some(http) = filter["typed_config"]["http_filters"].as_array_mut() else {
+            let filters = chain.get_mut("filters").and_then(Value::as_array_mut);
+            for filter in filters.into_iter().flatten() {
+                let Some(http) = filter
+                    .get_mut("typed_config")
+                    .and_then(|c| c.get_mut("http_filters"))
+                    .and_then(Value::as_array_mut)
+                else {
                     continue;
                 };
                 let at = http

@@ -50,12 +50,26 @@ pub struct GlobalRateLimit {
     /// `meltemi_xds`: the controller itself.
     #[serde(default)]
     pub rate_limit_service: Option<String>,
-    /// Timeout of the call to the service: `100ms`, `1s`, or a number of milliseconds.
-    #[serde(default)]
+    /// Timeout of the call to the service: `100ms`, `1s`, or a number of milliseconds
+    /// (written as a string, as Aeraki's schema has it, or as a YAML number).
+    #[serde(default, deserialize_with = "string_or_number")]
     pub request_timeout: Option<String>,
     /// Refuse calls when the service fails or times out (else they pass).
     #[serde(default)]
     pub deny_on_fail: bool,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Number(u64),
+    }
+    Ok(Option::<Either>::deserialize(d)?.map(|e| match e {
+        Either::Text(t) => t,
+        Either::Number(n) => n.to_string(),
+    }))
 }
 
 /// One descriptor of a [`GlobalRateLimit`].

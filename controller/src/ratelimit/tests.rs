@@ -118,7 +118,7 @@ fn global_rate_limit_becomes_the_filter_and_route_actions() {
 
 #[test]
 fn without_match_every_route_is_limited_and_other_services_can_be_named() {
-    let block = "    domain: d\n    descriptors: [{property: method, descriptorKey: m}]\n    rateLimitService: outbound|8081||rls.example\n";
+    let block = "    domain: d\n    descriptors: [{property: method, descriptorKey: m}]\n    rateLimitService: outbound|8081||rls.example\n    requestTimeout: 250\n";
     let r = translate(&inputs(&demo_with(block)), &options()).unwrap();
     let routes = r.routes["meltemi_9000"]["virtual_hosts"][1]["routes"]
         .as_array()
@@ -133,7 +133,7 @@ fn without_match_every_route_is_limited_and_other_services_can_be_named() {
         "outbound|8081||rls.example"
     );
     assert_eq!(rl["failure_mode_deny"], false);
-    assert!(rl.get("timeout").is_none(), "Envoy's default timeout");
+    assert_eq!(rl["timeout"], "0.25s", "a YAML number is milliseconds");
     crate::xds::Snapshot::new(&r, Instant::now()).unwrap();
 }
 
@@ -294,7 +294,7 @@ spec: {domain: x}
 apiVersion: meltemi.io/v1alpha1
 kind: RateLimitConfig
 metadata: {name: five}
-spec: {domain: y, descriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 1, burst: 2}}]}
+spec: {domain: why, descriptors: [{key: k, rate_limit: {unit: second, requests_per_unit: 1, burst: 2}}]}
 ";
     let p = problems(text);
     assert_problems(
