@@ -477,6 +477,10 @@ impl KubeServiceSpec {
 /// unchanged origins' objects without copying them.
 pub type Shared<T> = std::sync::Arc<Object<T>>;
 
+/// `apiVersion` of Meltemi's own kinds (`MetaTrafficPolicy`, `MetaAuthorizationPolicy`,
+/// `RateLimitConfig`).
+pub const MELTEMI_API: &str = "meltemi.io/v1alpha1";
+
 /// Everything loaded from a source.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {

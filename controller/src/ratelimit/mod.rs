@@ -26,8 +26,7 @@ use serde::Deserialize;
 
 use crate::model::MetaRouteMatch;
 
-/// API group and version of Meltemi's own kinds.
-pub const MELTEMI_API: &str = "meltemi.io/v1alpha1";
+pub use crate::model::MELTEMI_API;
 
 /// Kind of the rate limit service's limits.
 pub const KIND: &str = "RateLimitConfig";
