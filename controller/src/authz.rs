@@ -29,8 +29,7 @@ use crate::validate::header_name;
 
 /// `apiVersion` of Aeraki's Dubbo policy.
 pub const DUBBO_API: &str = "dubbo.aeraki.io/v1alpha1";
-/// `apiVersion` of Meltemi's own kinds.
-pub const MELTEMI_API: &str = "meltemi.io/v1alpha1";
+pub use crate::model::MELTEMI_API;
 /// Kind names, as written and as shown in problems.
 pub const DUBBO_KIND: &str = "DubboAuthorizationPolicy";
 /// See [`DUBBO_KIND`].

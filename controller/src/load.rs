@@ -263,6 +263,15 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
             source,
             problems,
         ),
+        ("meltemi.io", crate::ratelimit::KIND) => push(
+            &mut inputs.rate_limit_configs,
+            &api,
+            &kind,
+            meta,
+            spec,
+            source,
+            problems,
+        ),
         ("networking.istio.io", "Gateway") => push(
             &mut inputs.gateways,
             &api,

@@ -10,6 +10,7 @@ mod load;
 mod model;
 mod policy;
 mod proto;
+mod ratelimit;
 mod render;
 mod source;
 mod telemetry;
@@ -158,6 +159,10 @@ enum Command {
         /// Require client certificates signed by this CA (PEM): mutual TLS.
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// Count global rate limits in this Redis (`redis://HOST:PORT[/DB]`), shared by the
+        /// replicas; without it each replica counts in its own memory.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
         #[command(flatten)]
         common: Common,
     },
@@ -408,9 +413,14 @@ fn run(command: Command) -> Result<ExitCode, String> {
             tls_cert,
             tls_key,
             tls_client_ca,
+            redis,
             common,
         } => {
             let tls = server_tls(tls_cert, tls_key, tls_client_ca)?;
+            let counters = match redis.as_deref() {
+                Some(url) => ratelimit::service::Counters::redis(url)?,
+                None => ratelimit::service::Counters::Memory(Default::default()),
+            };
             let mut options = common.options()?;
             if istio {
                 options.target = translate::Target::Istio;
@@ -424,7 +434,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 (Some(dir), false) => Source::Dir(dir),
                 _ => Source::Kubernetes,
             };
-            runtime.block_on(serve(source, listen, options, tls))
+            runtime.block_on(serve(source, listen, options, tls, counters))
         }
     }
 }
@@ -598,6 +608,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     options: translate::Options,
     tls: Option<tonic::transport::ServerTlsConfig>,
+    counters: ratelimit::service::Counters,
 ) -> Result<ExitCode, String> {
     let started = Instant::now();
     let namespace = options.namespace.clone();
@@ -630,6 +641,12 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(
+        counters = counters.kind(),
+        domains = pipeline.limits.borrow().domains(),
+        "rate limit service ready"
+    );
+    let rls = ratelimit::service::Rls::new(pipeline.limits.subscribe(), counters);
     tracing::info!(%listen, tls = tls.is_some(), "xds server listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let mut builder = tonic::transport::Server::builder();
@@ -641,6 +658,7 @@ async fn serve(
     let server = builder
         .add_service(xds::Ads::new(rx.clone()).service())
         .add_service(xds::Ads::new(rx).rds_service())
+        .add_service(rls.service())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
         });

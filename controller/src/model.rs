@@ -215,9 +215,9 @@ pub struct MetaRouterSpec {
     /// Local rate limit (accepted, not translated yet).
     #[serde(default)]
     pub local_rate_limit: Option<serde_json::Value>,
-    /// Global rate limit (accepted, not translated yet).
+    /// Global rate limit (`crate::ratelimit`).
     #[serde(default)]
-    pub global_rate_limit: Option<serde_json::Value>,
+    pub global_rate_limit: Option<crate::ratelimit::GlobalRateLimit>,
 }
 
 /// A ServiceEntry port.
@@ -477,6 +477,10 @@ impl KubeServiceSpec {
 /// unchanged origins' objects without copying them.
 pub type Shared<T> = std::sync::Arc<Object<T>>;
 
+/// `apiVersion` of Meltemi's own kinds (`MetaTrafficPolicy`, `MetaAuthorizationPolicy`,
+/// `RateLimitConfig`).
+pub const MELTEMI_API: &str = "meltemi.io/v1alpha1";
+
 /// Everything loaded from a source.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inputs {
@@ -500,6 +504,8 @@ pub struct Inputs {
     pub telemetries: Vec<Shared<crate::telemetry::TelemetrySpec>>,
     /// The mesh configuration's providers (ConfigMap `istio`, `data.mesh`).
     pub meshes: Vec<Shared<crate::telemetry::MeshConfig>>,
+    /// Meltemi `RateLimitConfig`s: the limits of the controller's rate limit service.
+    pub rate_limit_configs: Vec<Shared<crate::ratelimit::RateLimitConfigSpec>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

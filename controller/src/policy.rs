@@ -39,8 +39,7 @@ use crate::model::{
 use crate::translate::duration;
 use crate::validate::header_name;
 
-/// The API group and version of Meltemi's own kinds.
-pub const MELTEMI_API: &str = "meltemi.io/v1alpha1";
+pub use crate::model::MELTEMI_API;
 /// The kind of [`MetaTrafficPolicySpec`].
 pub const KIND: &str = "MetaTrafficPolicy";
 

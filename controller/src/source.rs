@@ -97,6 +97,8 @@ pub struct Pipeline {
     /// Origin (file path, or Kubernetes object) → its documents, in origin order.
     fragments: BTreeMap<String, Fragment>,
     cache: translate::Cache,
+    /// The rate limit service's limits, replaced with every valid configuration.
+    pub limits: watch::Sender<Arc<crate::ratelimit::limits::Limits>>,
 }
 
 /// What one [`Pipeline::snapshot`] did, for logs and measurements.
@@ -123,6 +125,7 @@ impl Pipeline {
             options,
             fragments: BTreeMap::new(),
             cache: translate::Cache::default(),
+            limits: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -324,6 +327,9 @@ impl Pipeline {
             inputs.gateways.extend(i.gateways.iter().cloned());
             inputs.telemetries.extend(i.telemetries.iter().cloned());
             inputs.meshes.extend(i.meshes.iter().cloned());
+            inputs
+                .rate_limit_configs
+                .extend(i.rate_limit_configs.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }
@@ -353,6 +359,15 @@ impl Pipeline {
         let snapshot =
             Snapshot::update(resources, changed_at, previous).map_err(Rejected::Fatal)?;
         let encoded = t.elapsed();
+        // Limits change nothing Envoy receives: published here, whatever the xDS versions do.
+        let limits = crate::ratelimit::limits::Limits::new(&inputs.rate_limit_configs);
+        self.limits.send_if_modified(|old| {
+            let changed = **old != limits;
+            if changed {
+                *old = Arc::new(limits);
+            }
+            changed
+        });
         Ok((
             snapshot,
             Timings {

@@ -570,6 +570,13 @@ fn translate_port(
     // services sharing a port): each message's `service` metadata names its host.
     let fixed = (services.len() == 1).then(|| services[0].host);
     let mut listener = front_listener(options, port, protocol, module, fixed);
+    let rate_limits = crate::ratelimit::envoy::plan(services.iter().map(|s| {
+        let rl = s
+            .router_shared
+            .and_then(|r| r.spec.global_rate_limit.as_ref());
+        (s.host, rl)
+    }));
+    rate_limits.add_filters(&mut listener);
     if let Some(t) = telemetry {
         crate::telemetry::apply_listener(&mut listener, options.build, protocol, t);
     }
@@ -588,6 +595,7 @@ fn translate_port(
                 .collect::<Vec<_>>(),
             None => vec![default_route(svc)],
         };
+        let routes = rate_limits.routes(svc.host, routes);
         let mut vhost = json!({
             "name": format!("{}:{}", svc.host, svc.port),
             "domains": [svc.host],

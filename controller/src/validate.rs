@@ -430,6 +430,7 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
     out.extend(crate::policy::validate(inputs));
     crate::gateway::validate(inputs, &known, &mut out);
     out.extend(crate::telemetry::validate(inputs));
+    out.extend(crate::ratelimit::validate::validate(inputs));
     out
 }
 
