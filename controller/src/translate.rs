@@ -465,8 +465,7 @@ pub fn translate_cached<'c>(
             &crate::telemetry::module(module, key.telemetry.as_ref(), &routed_methods(services)),
             services,
             &drs,
-            &key.authz,
-            key.telemetry.as_ref(),
+            &key,
         ));
         if let Some((_, old)) = cache.ports.remove(port) {
             cache.apply(&old, false);
@@ -562,9 +561,10 @@ fn translate_port(
     module: &Module,
     services: &[Service<'_>],
     drs: &BTreeMap<&str, &DestinationRuleSpec>,
-    authz: &crate::authz::PortPolicies,
-    telemetry: Option<&crate::telemetry::PortTelemetry>,
+    key: &PortKeyRef<'_>,
 ) -> PortOutput {
+    // The policies and telemetry that apply to the port, resolved for its cache key.
+    let (authz, telemetry) = (&key.authz, key.telemetry.as_ref());
     let mut out = Fragment::default();
     // One host on the port: the listener names it. Several (Dubbo interface-level
     // services sharing a port): each message's `service` metadata names its host.

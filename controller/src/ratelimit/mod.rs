@@ -26,8 +26,6 @@ use serde::Deserialize;
 
 use crate::model::MetaRouteMatch;
 
-pub use crate::model::MELTEMI_API;
-
 /// Kind of the rate limit service's limits.
 pub const KIND: &str = "RateLimitConfig";
 

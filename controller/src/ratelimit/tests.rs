@@ -57,11 +57,19 @@ fn global_rate_limit_becomes_the_filter_and_route_actions() {
         names,
         [
             "envoy.filters.http.buffer",
+            "envoy.filters.http.set_filter_state",
+            "meltemi.authz.deny",
+            "meltemi.authz.allow",
+            "envoy.filters.http.local_ratelimit",
+            "envoy.filters.http.fault",
             "meltemi.ratelimit.0",
             "envoy.filters.http.router"
         ]
     );
-    let rl = &filters[1]["typed_config"];
+    let rl = &filters
+        .iter()
+        .find(|f| f["name"] == "meltemi.ratelimit.0")
+        .unwrap()["typed_config"];
     assert_eq!(rl["domain"], "production");
     assert_eq!(rl["stage"], 0);
     assert_eq!(rl["failure_mode_deny"], true);
@@ -127,7 +135,10 @@ fn without_match_every_route_is_limited_and_other_services_can_be_named() {
     assert_eq!(routes.len(), 2, "no match: nothing to split");
     assert!(routes.iter().all(|r| r["route"]["rate_limits"].is_array()));
     let filters = http_filters(&r.listeners["127.0.0.1_9000"]);
-    let rl = &filters[1]["typed_config"];
+    let rl = &filters
+        .iter()
+        .find(|f| f["name"] == "meltemi.ratelimit.0")
+        .unwrap()["typed_config"];
     assert_eq!(
         rl["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"],
         "outbound|8081||rls.example"
