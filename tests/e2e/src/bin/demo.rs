@@ -201,7 +201,7 @@ fn controller() {
     println!("\nMetrics from the controller-driven Envoy's /stats/prometheus:");
     for line in envoy.prometheus().lines() {
         let shown = line.starts_with("meltemi_requests_total")
-            || line.contains("http_local_rate_limit");
+            || line.starts_with("envoy_http_local_rate_limit");
         if shown && !line.ends_with(" 0") {
             println!("  {line}");
         }
