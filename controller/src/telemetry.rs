@@ -422,9 +422,15 @@ pub fn module<'a>(
     module: &'a crate::template::Module,
     t: Option<&PortTelemetry>,
     methods: &std::collections::BTreeSet<&str>,
+    native_front: bool,
 ) -> std::borrow::Cow<'a, crate::template::Module> {
     let traced = t.is_some_and(|t| t.tracing.is_some());
-    let name_methods = !methods.is_empty() && !module.config.contains_key("known_methods");
+    // Only the native front needs the method labels up front (Envoy refuses metrics defined
+    // after its configuration is loaded); the wasm front admits them as they come. Naming
+    // them puts the routes' methods into the listener, so a route change that changes them
+    // modifies the listener: keep that to the build that needs it.
+    let name_methods =
+        native_front && !methods.is_empty() && !module.config.contains_key("known_methods");
     if !traced && !name_methods {
         return std::borrow::Cow::Borrowed(module);
     }
@@ -1080,15 +1086,17 @@ spec:
         };
         let none = std::collections::BTreeSet::new();
         assert_eq!(
-            module(&m, Some(&t), &none).config["propagate_headers"],
+            module(&m, Some(&t), &none, false).config["propagate_headers"],
             json!(B3_HEADERS)
         );
-        assert!(module(&m, None, &none).config.is_empty());
+        assert!(module(&m, None, &none, true).config.is_empty());
         let methods = ["echo", "add"].into_iter().collect();
         assert_eq!(
-            module(&m, None, &methods).config["known_methods"],
+            module(&m, None, &methods, true).config["known_methods"],
             json!(["add", "echo"])
         );
+        // The wasm front admits labels as they come: no methods in its listener.
+        assert!(module(&m, None, &methods, false).config.is_empty());
     }
 
     #[test]
