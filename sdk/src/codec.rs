@@ -381,6 +381,15 @@ pub trait Codec: Sized + 'static {
         None
     }
 
+    /// A notice telling the client to send no more calls on this connection (the protocol's
+    /// going-away signal), written to it just before Envoy closes the connection while it
+    /// drains (hot restart, listener update): a client that honours it moves its next calls to
+    /// another connection instead of losing them to the close. `None` (the default): the
+    /// protocol has no such signal. Dubbo's is the read-only event.
+    fn going_away(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
     /// Whether `message` (carrying a one-way call's request id) is the server's answer to the
     /// [`Codec::delivery_probe`]. Anything else with that id — some servers answer one-way
     /// calls anyway — is dropped. The default fits heartbeat probes.

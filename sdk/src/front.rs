@@ -128,6 +128,13 @@ pub struct Front<C: Codec> {
     /// HTTP/2 toward HCM (`"hcm_protocol": "http2"`); `None` for HTTP/1.1, whose state is the
     /// fields above.
     h2: Option<Box<H2>>,
+    /// HCM marked an answer `connection: close` (it drains the connection: hot restart,
+    /// listener update, `max_requests_per_connection`) and closes the connection once that
+    /// answer is written: nothing more is handed, and the calls it will never answer get the
+    /// protocol's error reply in the same write instead of a silent close.
+    hcm_closing: bool,
+    /// The codec's going-away notice ([`Codec::going_away`]) was written to the client.
+    notice_sent: bool,
 }
 
 /// The HTTP/2 side of a front: one stream per request, answers as soon as they are ready.
@@ -180,6 +187,8 @@ impl<C: Codec> Front<C> {
             direct: false,
             direct_out: Vec::new(),
             h2: None,
+            hcm_closing: false,
+            notice_sent: false,
         };
         if front.config.hcm_protocol == HcmProtocol::Http2 {
             let limits = &front.config.limits;
@@ -249,7 +258,7 @@ impl<C: Codec> Front<C> {
                 || h2.client.has_output()
                 || (self.stopped_at_limit && !self.backlog.is_empty() && self.has_room());
         }
-        self.has_waiting() && self.has_room()
+        !self.hcm_closing && self.has_waiting() && self.has_room()
     }
 
     fn has_room(&self) -> bool {
@@ -338,6 +347,11 @@ impl<C: Codec> Front<C> {
             ));
         }
         let mut out = Vec::new();
+        if self.hcm_closing {
+            // HCM closes the connection after the answer it marked: what the client sends now
+            // can never be served here (a client honouring the going-away notice sends none).
+            return Ok(out);
+        }
         if self.backlog.is_empty() {
             // The common case: decode straight from Envoy's bytes, keep only what is left.
             let used = self.decode_requests(raw, &mut out, now_ns, sink)?;
@@ -707,7 +721,10 @@ impl<C: Codec> Front<C> {
             // Everything HCM kept is answered (in this write): the calls still waiting can
             // never be served on this connection, so they get the protocol's error reply now,
             // the only moment the front can write to the client, and the connection closes.
-            self.refuse_waiting(now_ns, &mut out, sink)?;
+            self.refuse_waiting(H2_DRAINING, now_ns, &mut out, sink)?;
+            // Last, once nothing else will be written (see `Front::going_away_notice`): a
+            // notice at the GOAWAY itself could be followed by answers in the same read.
+            self.going_away_notice(&mut out);
             if let Some(h2) = self.h2.as_mut() {
                 h2.closing = true;
             }
@@ -719,6 +736,7 @@ impl<C: Codec> Front<C> {
     /// calls are dropped, heartbeats answered), as if Envoy had refused them.
     fn refuse_waiting(
         &mut self,
+        reason: &str,
         now_ns: u64,
         out: &mut Vec<u8>,
         sink: &mut dyn Sink,
@@ -733,13 +751,7 @@ impl<C: Codec> Front<C> {
                 _ => break Ok(()),
             };
             offset = offset.saturating_add(message.len);
-            let parsed = http1::Parsed {
-                status: 503,
-                path: String::new(),
-                headers: Vec::new(),
-                body: b"envoy is draining this connection (HTTP/2 GOAWAY)".to_vec(),
-                len: 0,
-            };
+            let parsed = unavailable(reason);
             let request = match message.kind {
                 MessageKind::Request | MessageKind::OneWay | MessageKind::Heartbeat => {
                     self.refused_in_flight(message, now_ns, sink)
@@ -753,6 +765,42 @@ impl<C: Codec> Front<C> {
         self.backlog = backlog;
         self.backlog.consume(offset);
         result
+    }
+
+    /// Writes the codec's going-away notice once per connection, after every answer in the
+    /// same write: some clients stop decoding a read at an event frame (dubbo2.js drops the
+    /// rest of the chunk until more bytes arrive, which never come on a closing connection),
+    /// so nothing may follow it.
+    fn going_away_notice(&mut self, out: &mut Vec<u8>) {
+        if self.notice_sent {
+            return;
+        }
+        self.notice_sent = true;
+        if let Some(notice) = self.codec.going_away() {
+            out.extend_from_slice(&notice);
+        }
+    }
+
+    /// HTTP/1.1, HCM closing: every call handed to it after the marked answer (HCM serves one
+    /// at a time, so it never started them) and every call still in the backlog gets the
+    /// protocol's `Unavailable` reply — the client learns at once that they did not run,
+    /// instead of losing them to the close. One-way calls are dropped, heartbeats answered.
+    fn refuse_unanswered(
+        &mut self,
+        now_ns: u64,
+        out: &mut Vec<u8>,
+        sink: &mut dyn Sink,
+    ) -> Result<(), Fatal> {
+        self.handed.clear();
+        let parsed = unavailable(HTTP1_CLOSING);
+        while let Some(request) = self.in_flight.pop_front() {
+            match (request.direct, request.local) {
+                (true, Some(answer)) => self.answer_local(&request, answer, out, sink)?,
+                (true, None) => {}
+                (false, _) => self.answer(request, &parsed, now_ns, out, sink)?,
+            }
+        }
+        self.refuse_waiting(HTTP1_CLOSING, now_ns, out, sink)
     }
 
     /// The in-flight record of a request that is answered without reaching HCM, counted as a
@@ -946,6 +994,7 @@ impl<C: Codec> Front<C> {
                 }
                 self.passing = head.body_len.unwrap_or(0);
                 offset = offset.saturating_add(head.len);
+                self.hcm_closing |= closes_connection(&head.headers);
                 let parsed = http1::Parsed {
                     status: head.status,
                     path: String::new(),
@@ -981,9 +1030,20 @@ impl<C: Codec> Front<C> {
             while self.handed.front().is_some_and(|h| h.seq <= request.seq) {
                 self.handed.pop_front();
             }
+            self.hcm_closing |= closes_connection(&parsed.headers);
             if let Err(e) = self.answer(request, &parsed, now_ns, &mut out, sink) {
                 break Err(e);
             }
+        };
+        let result = match result {
+            Ok(()) if self.hcm_closing && self.passing == 0 => {
+                // The marked answer is complete: HCM answers nothing after it. The client is
+                // told (where the protocol can say so) before the close.
+                let refused = self.refuse_unanswered(now_ns, &mut out, sink);
+                self.going_away_notice(&mut out);
+                refused
+            }
+            other => other,
         };
         if held {
             partial.consume(offset);
@@ -1244,6 +1304,33 @@ impl<'m> Target<'m> {
 
 /// A fresh unpredictable value: `RandomState` is seeded from the platform's randomness
 /// (WASI `random_get` under Envoy) and gives every instance new keys.
+/// Why calls are refused when HCM drains an HTTP/2 connection.
+const H2_DRAINING: &str = "envoy is draining this connection (HTTP/2 GOAWAY)";
+/// Why calls are refused when HCM closes an HTTP/1.1 connection after an answer.
+const HTTP1_CLOSING: &str = "envoy is closing this connection (draining); the call did not run";
+
+/// The answer Envoy would give a call it refuses for lack of a connection: 503.
+fn unavailable(reason: &str) -> http1::Parsed {
+    http1::Parsed {
+        status: 503,
+        path: String::new(),
+        headers: Vec::new(),
+        body: reason.as_bytes().to_vec(),
+        len: 0,
+    }
+}
+
+/// Whether HCM's answer says it closes the connection after it (HTTP/1.1 `connection: close`;
+/// header names are lower-cased by the parser, values compared without case).
+fn closes_connection(headers: &[(String, String)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name == "connection"
+            && value
+                .split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case("close"))
+    })
+}
+
 fn connection_token() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(0x6d656c74656d69u64)

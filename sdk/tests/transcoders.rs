@@ -128,7 +128,16 @@ impl Codec for Lp {
     fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
         Some(lp(4, oneway.request_id as u32, "", b""))
     }
+
+    fn going_away(&mut self) -> Option<Vec<u8>> {
+        Some(GOING_AWAY.to_vec())
+    }
 }
+
+/// The test codec's going-away notice: an error frame with id 0.
+const GOING_AWAY: &[u8] = &[
+    0, 0, 0, 16, 6, 0, 0, 0, 0, 10, b'g', b'o', b'i', b'n', b'g', b' ', b'a', b'w', b'a', b'y',
+];
 
 fn config(role: Role, limits: Limits) -> Rc<FilterConfig<()>> {
     Rc::new(FilterConfig {
@@ -571,6 +580,63 @@ fn closing_with_requests_in_flight_releases_the_gauge() {
     f.on_close(&mut sink);
     assert_eq!(sink.gauge_total(ACTIVE, &[]), 0);
     assert_eq!(f.in_flight(), 0);
+}
+
+#[test]
+fn hcm_closing_after_an_answer_refuses_the_calls_it_will_never_serve() {
+    // HCM drains an HTTP/1.1 connection by marking an answer `connection: close` and closing
+    // after it; the calls handed behind that answer (and those still in the backlog) never
+    // run. The client must learn that from the protocol, not from a silent close.
+    let mut f = front();
+    let mut sink = Recorder::default();
+    let stream = [
+        lp(1, 1, "a", b"one"),
+        lp(1, 2, "b", b"two"),
+        lp(3, 3, "c", b""),
+        lp(4, 4, "", b""),
+        lp(1, 5, "d", b"five"),
+    ]
+    .concat();
+    let http = f.on_client_data(&stream, 0, &mut sink).unwrap().unwrap();
+    let handed = requests(&http);
+    assert_eq!(handed.len(), 5);
+    let first = lp(2, 1, "r", &handed[0].body);
+    let mut closing = format!(
+        "HTTP/1.1 200 OK\r\nx-meltemi-response: response\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        first.len()
+    )
+    .into_bytes();
+    closing.extend_from_slice(&first);
+    let out = f.on_hcm_data(&closing, 0, &mut sink).unwrap();
+    let mut codec = Lp;
+    assert!(out.starts_with(&first), "the marked answer first");
+    assert!(out.ends_with(GOING_AWAY), "the going-away notice last");
+    // Between them: call 2 refused (Unavailable), the one-way call dropped, the ping
+    // answered, call 5 refused — in request order.
+    let mut rest = &out[first.len()..out.len() - GOING_AWAY.len()];
+    let mut seen = Vec::new();
+    while !rest.is_empty() {
+        let m = codec.decode(rest).unwrap().unwrap();
+        seen.push((m.kind, m.request_id));
+        if m.kind == MessageKind::Exception {
+            let method_len = rest[9] as usize;
+            assert_eq!(&rest[10..10 + method_len], b"unavailable");
+        }
+        rest = &rest[m.len..];
+    }
+    assert_eq!(
+        seen,
+        [
+            (MessageKind::Exception, 2),
+            (MessageKind::HeartbeatReply, 4),
+            (MessageKind::Exception, 5)
+        ]
+    );
+    assert_eq!(f.in_flight(), 0);
+    assert_eq!(sink.gauge_total(ACTIVE, &[]), 0, "every call answered");
+    // What the client sends now is never handed: HCM is closing.
+    let late = f.on_client_data(&lp(1, 6, "e", b""), 0, &mut sink).unwrap();
+    assert!(late.as_ref().is_none_or(|b| b.is_empty()), "{late:?}");
 }
 
 #[test]

@@ -190,6 +190,11 @@ impl Codec for DubboCodec {
     fn delivery_probe(&mut self, oneway: &Message) -> Option<Vec<u8>> {
         Some(reply::heartbeat_request(oneway.request_id))
     }
+
+    /// Dubbo's going-away signal is the provider's read-only event.
+    fn going_away(&mut self) -> Option<Vec<u8>> {
+        Some(reply::readonly_event())
+    }
 }
 
 // The one line that makes this crate a proxy-wasm network filter (`meltemi_dubbo.wasm`).

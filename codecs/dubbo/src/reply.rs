@@ -1,4 +1,5 @@
-//! Frames the codec writes itself: error responses, heartbeat replies and delivery probes.
+//! Frames the codec writes itself: error responses, heartbeat replies, delivery probes and the
+//! read-only notice.
 //!
 //! Error responses are exactly what a Java provider sends for a non-OK status: a response
 //! header with that status, Hessian2 serialization, and a body holding one Hessian string (the
@@ -93,4 +94,15 @@ pub fn heartbeat_request(request_id: u64) -> Vec<u8> {
         request_id,
         &body,
     )
+}
+
+/// The read-only event a Java provider sends to its consumers when it shuts down
+/// (`HeaderExchangeServer.sendChannelReadOnlyEvent`): a one-way event request whose body is the
+/// Hessian string `"R"`. Consumers that honour it (Apache Dubbo's `HeaderExchangeHandler`) mark
+/// the channel read-only and send their next calls elsewhere. Nothing answers it, so its
+/// request id is never matched: 0.
+pub fn readonly_event() -> Vec<u8> {
+    let mut body = Vec::with_capacity(2);
+    write_string(&mut body, "R");
+    frame(FLAG_REQUEST | FLAG_EVENT | HESSIAN2, 0, 0, &body)
 }

@@ -92,6 +92,22 @@ fn heartbeats_and_events() {
 }
 
 #[test]
+fn going_away_is_the_java_providers_readonly_event() {
+    // Exactly the frame a Java provider's `sendChannelReadOnlyEvent` writes (flags 0xa2:
+    // request, event, one-way, Hessian2; body the Hessian string "R"), id 0.
+    let notice = codec().going_away().unwrap();
+    assert_eq!(
+        notice,
+        [0xda, 0xbb, 0xa2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0x01, b'R']
+    );
+    let m = decode(&notice);
+    assert_eq!(
+        (m.kind, m.metadata.get("event")),
+        (MessageKind::OneWay, Some("R"))
+    );
+}
+
+#[test]
 fn delivery_probe_is_a_heartbeat_with_the_oneway_id() {
     let oneway = decode(&echo_request(REQ_ONEWAY, 0x0102_0304_0506_0708, &[]));
     let probe = codec().delivery_probe(&oneway).unwrap();

@@ -11,36 +11,137 @@ pub struct Envoy {
     child: Child,
     admin_port: u16,
     dir: PathBuf,
+    /// Set when it takes part in hot restarts (see [`Envoy::start_hot_restartable`]).
+    hot: Option<HotRestart>,
+}
+
+/// How an Envoy takes part in a hot restart (`--restart-epoch`): the base id its epochs share
+/// and how long the old epoch drains, then lives, once the next one took over.
+#[derive(Debug, Clone, Copy)]
+pub struct HotRestart {
+    base_id: u64,
+    epoch: u32,
+    /// `--drain-time-s`: HCM closes the old epoch's connections during this time.
+    pub drain_s: u32,
+    /// `--parent-shutdown-time-s`: the old epoch exits after this.
+    pub parent_shutdown_s: u32,
+}
+
+/// A fresh directory for one Envoy's configuration and log.
+fn envoy_dir(name: &str, admin_port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "meltemi-{name}-{}-{admin_port}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("envoy dir");
+    dir
+}
+
+/// `envoy -c <dir>/envoy.yaml` on one worker thread, its modules found where the build puts
+/// them; hot restart disabled unless asked for.
+fn envoy_command(dir: &std::path::Path, config: &str, hot: Option<HotRestart>) -> Command {
+    let cfg = dir.join("envoy.yaml");
+    std::fs::write(&cfg, config).expect("write envoy config");
+    let mut cmd = Command::new(envoy_binary());
+    cmd.arg("-c")
+        .arg(&cfg)
+        .args(["--concurrency", "1", "--log-level", "warn"])
+        .env(
+            "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
+            crate::workspace::native_dir(),
+        )
+        .stdin(Stdio::null());
+    match hot {
+        None => {
+            cmd.arg("--disable-hot-restart");
+        }
+        Some(h) if h.epoch == 0 => {
+            // Epoch 0 picks a base id no other Envoy on the machine uses and writes it down.
+            cmd.arg("--use-dynamic-base-id")
+                .arg("--base-id-path")
+                .arg(dir.join("base-id"));
+        }
+        Some(h) => {
+            cmd.args(["--base-id", &h.base_id.to_string()])
+                .args(["--restart-epoch", &h.epoch.to_string()]);
+        }
+    }
+    if let Some(h) = hot {
+        cmd.args(["--drain-time-s", &h.drain_s.to_string()])
+            .args(["--parent-shutdown-time-s", &h.parent_shutdown_s.to_string()])
+            .args(["--drain-strategy", "immediate"]);
+    }
+    cmd
 }
 
 impl Envoy {
     /// Writes `config` to a fresh directory, starts `envoy` with it on one worker thread and
     /// waits until the admin endpoint reports LIVE.
     pub fn start(name: &str, config: &str, admin_port: u16) -> Envoy {
-        let dir = std::env::temp_dir().join(format!(
-            "meltemi-{name}-{}-{admin_port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("envoy dir");
-        let cfg = dir.join("envoy.yaml");
-        std::fs::write(&cfg, config).expect("write envoy config");
+        Self::spawn(name, config, admin_port, None)
+    }
+
+    /// [`Envoy::start`] for an Envoy that can be hot-restarted ([`Envoy::hot_restart`]); the
+    /// old epoch drains its connections for `drain_s` seconds and exits after
+    /// `parent_shutdown_s`.
+    pub fn start_hot_restartable(
+        name: &str,
+        config: &str,
+        admin_port: u16,
+        drain_s: u32,
+        parent_shutdown_s: u32,
+    ) -> Envoy {
+        let hot = HotRestart {
+            base_id: 0,
+            epoch: 0,
+            drain_s,
+            parent_shutdown_s,
+        };
+        Self::spawn(name, config, admin_port, Some(hot))
+    }
+
+    /// Starts the next epoch of this Envoy with the same configuration, as `envoy
+    /// --restart-epoch N+1` does in a hot restart: it takes over the listening sockets and the
+    /// admin port, and this one drains, then exits. Returns once the new epoch is LIVE.
+    pub fn hot_restart(&self, name: &str) -> Envoy {
+        let hot = self.hot.expect("started with Envoy::start_hot_restartable");
+        let base_id = if hot.epoch == 0 {
+            std::fs::read_to_string(self.dir.join("base-id"))
+                .expect("epoch 0 wrote its base id")
+                .trim()
+                .parse()
+                .expect("a base id")
+        } else {
+            hot.base_id
+        };
+        let next = HotRestart {
+            base_id,
+            epoch: hot.epoch + 1,
+            ..hot
+        };
+        let config = std::fs::read_to_string(self.dir.join("envoy.yaml")).expect("config");
+        Self::spawn(name, &config, self.admin_port, Some(next))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(name: &str, config: &str, admin_port: u16, hot: Option<HotRestart>) -> Envoy {
+        let dir = envoy_dir(name, admin_port);
         let log = std::fs::File::create(dir.join("envoy.log")).expect("envoy log");
-        let child = Command::new(envoy_binary())
-            .args(["-c"])
-            .arg(&cfg)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ])
+        let child = envoy_command(&dir, config, hot)
             .args(["--component-log-level", "wasm:info,dynamic_modules:info"])
-            .env(
-                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
-                crate::workspace::native_dir(),
-            )
-            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
@@ -49,6 +150,7 @@ impl Envoy {
             child,
             admin_port,
             dir,
+            hot,
         };
         envoy.wait_live();
         envoy
@@ -57,28 +159,8 @@ impl Envoy {
     /// Starts Envoy with a configuration it must refuse; returns what it logged before exiting.
     /// Panics if it becomes LIVE instead (or is still running after 30 s).
     pub fn refused(name: &str, config: &str, admin_port: u16) -> String {
-        let dir = std::env::temp_dir().join(format!(
-            "meltemi-{name}-{}-{admin_port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("envoy dir");
-        let cfg = dir.join("envoy.yaml");
-        std::fs::write(&cfg, config).expect("write envoy config");
-        let mut child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&cfg)
-            .args([
-                "--concurrency",
-                "1",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ])
-            .env(
-                "ENVOY_DYNAMIC_MODULES_SEARCH_PATH",
-                crate::workspace::native_dir(),
-            )
-            .stdin(Stdio::null())
+        let dir = envoy_dir(name, admin_port);
+        let mut child = envoy_command(&dir, config, None)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,7 +193,15 @@ impl Envoy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("envoy exited with {status} during start:\n{}", self.log());
             }
-            if self.admin_get("/ready").is_some_and(|b| b.contains("LIVE")) {
+            // In a hot restart the old epoch answers on the admin port until the new one
+            // takes it over: LIVE counts only from this epoch.
+            let epoch = self.hot.map_or(0, |h| h.epoch);
+            let ours = epoch == 0
+                || self.admin_get("/server_info").is_some_and(|b| {
+                    b.contains(&format!("\"restart_epoch\": {epoch}"))
+                        && b.contains("\"state\": \"LIVE\"")
+                });
+            if ours && self.admin_get("/ready").is_some_and(|b| b.contains("LIVE")) {
                 return;
             }
             assert!(

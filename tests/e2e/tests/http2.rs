@@ -377,6 +377,15 @@ fn a_draining_hcm_s_goaway_answers_what_it_kept_and_closes_at_once(engine: Engin
     let waited = start.elapsed();
     eprintln!("draining HCM, next 32 after the GOAWAY: {second:?} in {waited:?}");
     assert_eq!(second.ok, 0, "{second:?}");
+    // The read-only event comes last, before the close: read to the end.
+    let mut notices = first.notices + second.notices;
+    while let Ok(frame) = read_raw_frame(&mut conn) {
+        notices += usize::from(frame.is_event() && frame.id == 0);
+    }
+    assert_eq!(
+        notices, 1,
+        "Dubbo's read-only event, once, when the drained connection closes: {first:?} {second:?}"
+    );
     assert!(
         second.statuses.iter().all(|s| *s == 70),
         "error replies are `unavailable`: {second:?}"
@@ -400,6 +409,8 @@ struct Outcomes {
     errors: usize,
     statuses: Vec<u8>,
     lost: usize,
+    /// Read-only events (id 0): the front's going-away notice, written when it closes.
+    notices: usize,
 }
 
 fn burst_outcomes(conn: &mut std::net::TcpStream, first_id: u64, count: u64) -> Outcomes {
@@ -418,6 +429,10 @@ fn burst_outcomes(conn: &mut std::net::TcpStream, first_id: u64, count: u64) -> 
         let Ok(frame) = read_raw_frame(conn) else {
             break;
         };
+        if frame.is_event() && frame.id == 0 && frame.body == [0x01, b'R'] {
+            out.notices += 1;
+            continue;
+        }
         assert!(
             waiting.remove(&frame.id),
             "answer {} twice or foreign",
