@@ -135,6 +135,9 @@ pub struct Front<C: Codec> {
     hcm_closing: bool,
     /// The codec's going-away notice ([`Codec::going_away`]) was written to the client.
     notice_sent: bool,
+    /// The client half-closed (a glue with half-close enabled: the native front): the
+    /// connection is closed once every call it sent is answered.
+    client_eof: bool,
 }
 
 /// The HTTP/2 side of a front: one stream per request, answers as soon as they are ready.
@@ -189,6 +192,7 @@ impl<C: Codec> Front<C> {
             h2: None,
             hcm_closing: false,
             notice_sent: false,
+            client_eof: false,
         };
         if front.config.hcm_protocol == HcmProtocol::Http2 {
             let limits = &front.config.limits;
@@ -253,12 +257,44 @@ impl<C: Codec> Front<C> {
     /// should run [`Front::on_client_bytes`] (with no new bytes) soon, from its timer, because
     /// HCM may have answered everything it had without any further read event.
     pub fn wants_kick(&self) -> bool {
+        if self.finished_after_eof() {
+            return true;
+        }
         if let Some(h2) = &self.h2 {
             return h2.closing
                 || h2.client.has_output()
                 || (self.stopped_at_limit && !self.backlog.is_empty() && self.has_room());
         }
         !self.hcm_closing && self.has_waiting() && self.has_room()
+    }
+
+    /// HTTP/1.1: the lengths of the requests handed to HCM and not consumed by it, in order:
+    /// what Envoy's read buffer holds after a read (see [`Front::kept`]).
+    pub fn unconsumed_lengths(&self) -> Vec<usize> {
+        self.handed.iter().map(|h| h.len).collect()
+    }
+
+    /// Calls waiting for an answer from HCM (not those the front answers itself).
+    pub fn awaiting_hcm(&self) -> usize {
+        self.in_flight.iter().filter(|r| !r.direct).count()
+    }
+
+    /// The client shut down its sending side: no more calls come.
+    pub fn on_client_eof(&mut self) {
+        self.client_eof = true;
+    }
+
+    /// True once a client that half-closed has every answer it is owed (a partial frame it
+    /// left can never complete): the glue closes the connection.
+    pub fn finished_after_eof(&self) -> bool {
+        let waiting = self.stopped_at_limit && !self.backlog.is_empty();
+        let h2_held = self.h2.as_ref().is_some_and(|h2| !h2.order.is_empty());
+        self.client_eof
+            && self.in_flight.is_empty()
+            && !waiting
+            && !h2_held
+            && self.direct_out.is_empty()
+            && self.passing == 0
     }
 
     fn has_room(&self) -> bool {

@@ -135,6 +135,7 @@ extern "C" {
         end_stream: bool,
     );
     fn envoy_dynamic_module_callback_network_filter_close(f: EnvoyPtr, close_type: u32);
+    fn envoy_dynamic_module_callback_network_filter_enable_half_close(f: EnvoyPtr, enabled: bool);
     fn envoy_dynamic_module_callback_network_filter_scheduler_new(f: EnvoyPtr) -> EnvoyPtr;
     fn envoy_dynamic_module_callback_network_filter_scheduler_commit(s: EnvoyPtr, event: u64);
     fn envoy_dynamic_module_callback_network_filter_scheduler_delete(s: EnvoyPtr);
@@ -332,6 +333,13 @@ impl Connection {
     pub fn close(self) {
         // SAFETY: filter pointer of the current hook.
         unsafe { envoy_dynamic_module_callback_network_filter_close(self.0, CLOSE_FLUSH_WRITE) }
+    }
+
+    /// Lets the client half-close: its FIN reaches the filters as the end of the stream
+    /// instead of closing the connection, so the answers still owed can be written.
+    pub fn enable_half_close(self) {
+        // SAFETY: filter pointer of the current hook (the new-connection hook).
+        unsafe { envoy_dynamic_module_callback_network_filter_enable_half_close(self.0, true) }
     }
 
     /// A scheduler that runs this filter's `scheduled` hook on its worker thread.

@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::ffi::c_void;
 
 use super::abi::{self, Connection, EnvoyBuffer, EnvoyPtr, NETWORK_CONTINUE};
@@ -41,6 +42,11 @@ pub struct Filter<C: Codec> {
     /// Set while the glue writes the front's own answers to the client: Envoy runs this
     /// filter's write hook inside that write, which must pass them on untouched.
     writing_direct: Cell<bool>,
+    /// HTTP/1.1 requests taken back out of the read buffer when the client half-closed: once
+    /// Envoy has raised the end of the stream it never shows the filter chain its read buffer
+    /// again, so HCM would never parse requests left pipelined there. They are injected one
+    /// at a time, each when HCM has answered everything before it.
+    reinject: RefCell<VecDeque<Vec<u8>>>,
 }
 
 /// `config_new`: parses the same JSON as the wasm front's plugin configuration.
@@ -101,6 +107,7 @@ pub unsafe fn filter_new<C: Codec>(config: *const c_void, _envoy: EnvoyPtr) -> *
         state: RefCell::new(state),
         scheduler: Cell::new(std::ptr::null_mut()),
         writing_direct: Cell::new(false),
+        reinject: RefCell::new(VecDeque::new()),
     })) as *mut c_void
 }
 
@@ -185,6 +192,38 @@ fn pump<C: Codec>(
     Ok(())
 }
 
+/// At the client's FIN (HTTP/1.1): moves the requests HCM has not consumed out of the read
+/// buffer into `reinject`, one entry each (the buffer holds exactly those, see [`pump`]).
+fn take_back_unconsumed<C: Codec>(
+    front: &Front<C>,
+    conn: Connection,
+    reinject: &mut VecDeque<Vec<u8>>,
+) -> Result<(), Fatal> {
+    let lengths = front.unconsumed_lengths();
+    let chunks = conn.read_chunks();
+    let size = total(&chunks);
+    let expected = lengths.iter().fold(0usize, |n, l| n.saturating_add(*l));
+    if size != expected || size == 0 {
+        return if size == expected {
+            Ok(())
+        } else {
+            Err(Fatal(
+                "read buffer does not hold the requests handed to HCM".into(),
+            ))
+        };
+    }
+    let mut at = 0usize;
+    for len in lengths {
+        reinject.push_back(gather(&chunks, at, len).into_owned());
+        at = at.saturating_add(len);
+    }
+    if conn.drain_read(size) {
+        Ok(())
+    } else {
+        Err(Fatal("cannot rewrite the read buffer".into()))
+    }
+}
+
 impl<C: Codec> Filter<C> {
     /// Closes the connection after a fatal error; nothing unbridged may reach HCM or the client.
     fn fail(&self, conn: Connection, fatal: Fatal, read_side: bool) {
@@ -212,7 +251,9 @@ impl<C: Codec> Filter<C> {
         // HTTP/1.1: only an idle HCM may be handed a request outside a read (it must consume
         // the injected buffer whole). HTTP/2: HCM consumes everything, and frames it needs
         // (SETTINGS/PING ACK, WINDOW_UPDATE) may be owed while calls are in flight.
+        let held = self.reinject.borrow().len();
         let idle = match &*self.state.borrow() {
+            State::Open(front) if held > 0 => front.awaiting_hcm() == held,
             State::Open(front) => {
                 front.wants_kick() && (front.is_http2() || front.in_flight() == 0)
             }
@@ -292,13 +333,36 @@ unsafe fn hook<C: Codec>(
     NETWORK_CONTINUE
 }
 
-/// `on_network_filter_read`: client bytes become HTTP requests for HCM.
+/// `on_network_filter_new_connection`: half-close is enabled, so that a client that sends
+/// its calls and then shuts down its sending side still gets every answer (Envoy would
+/// otherwise close the connection on the FIN). The front closes the connection once the last
+/// answer is written ([`Front::finished_after_eof`]).
+pub fn on_new_connection(envoy: EnvoyPtr) -> u32 {
+    Connection(envoy).enable_half_close();
+    NETWORK_CONTINUE
+}
+
+/// `on_network_filter_read`: client bytes become HTTP requests for HCM; `end_stream`, the
+/// client's FIN.
 ///
 /// # Safety
 /// As [`hook`].
-pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) -> u32 {
+pub unsafe fn on_read<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void, end_stream: bool) -> u32 {
     // SAFETY: guaranteed by the caller.
-    unsafe { hook::<C>(envoy, filter, true, pump) }
+    unsafe {
+        hook::<C>(envoy, filter, true, |front, conn, sink| {
+            pump(front, conn, sink)?;
+            if end_stream {
+                front.on_client_eof();
+                if !front.is_http2() {
+                    // SAFETY: guaranteed by the caller.
+                    let filter = filter_ref::<C>(filter);
+                    take_back_unconsumed(front, conn, &mut filter.reinject.borrow_mut())?;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// `on_network_filter_write`: HCM's answers become protocol frames.
@@ -336,6 +400,24 @@ pub unsafe fn on_scheduled<C: Codec>(envoy: EnvoyPtr, filter: *mut c_void) {
             let mut direct = Vec::new();
             let handed = match filter.state.try_borrow_mut() {
                 Ok(mut state) => match &mut *state {
+                    State::Open(front) if !filter.reinject.borrow().is_empty() => {
+                        let held = filter.reinject.borrow().len();
+                        let next = if front.awaiting_hcm() == held {
+                            filter.reinject.borrow_mut().pop_front()
+                        } else {
+                            None
+                        };
+                        Ok(next.unwrap_or_default())
+                    }
+                    State::Open(front) if front.finished_after_eof() => {
+                        // The client half-closed and has every answer: close (after the
+                        // write hook, which must not close a write it is still running).
+                        front.on_close(&mut sink);
+                        *state = State::Closed;
+                        drop(state);
+                        conn.close();
+                        return;
+                    }
                     State::Open(front) if front.wants_kick() && front.is_http2() => {
                         front.on_client_bytes(&[], now_ns(), &mut sink)
                     }

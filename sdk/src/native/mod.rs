@@ -200,10 +200,10 @@ macro_rules! __export_native {
 
             #[no_mangle]
             pub extern "C" fn envoy_dynamic_module_on_network_filter_new_connection(
-                _envoy: EnvoyPtr,
+                envoy: EnvoyPtr,
                 _filter: *mut c_void,
             ) -> u32 {
-                $crate::native::abi::NETWORK_CONTINUE
+                front::on_new_connection(envoy)
             }
 
             #[no_mangle]
@@ -211,9 +211,9 @@ macro_rules! __export_native {
                 envoy: EnvoyPtr,
                 filter: *mut c_void,
                 _buffered: usize,
-                _end_stream: bool,
+                end_stream: bool,
             ) -> u32 {
-                unsafe { front::on_read::<$codec>(envoy, filter) }
+                unsafe { front::on_read::<$codec>(envoy, filter, end_stream) }
             }
 
             #[no_mangle]

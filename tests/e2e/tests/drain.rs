@@ -1,4 +1,5 @@
-//! Draining loses no call (issue 8, item 9), on the real Envoy 1.40 and every engine.
+//! Closing a connection loses no call: Envoy draining it (issue 8, item 9), on the real
+//! Envoy 1.40 and every engine, and a client half-closing it (native front).
 //!
 //! Envoy drains a client connection through its HTTP connection manager: over HTTP/1.1 HCM
 //! marks an answer `connection: close` and closes the connection after it (hot restart,
@@ -18,7 +19,11 @@
 //!   unread in the socket when Envoy closes it).
 //! - `a_closing_dubbo_connection_sends_the_read_only_event_last`: the exact frames a raw Dubbo
 //!   client reads; `real_dubbo_consumers_read_past_the_read_only_event`: the four real
-//!   consumers still get the answer written with it. In the end every call succeeded
+//!   consumers still get the answer written with it.
+//! - `a_half_closed_client_gets_every_answer_on_the_native_front`: a client that sends its
+//!   calls and shuts down its sending side reads every answer, then the close (the native
+//!   front enables half-close; proxy-wasm cannot, so on the wasm front Envoy closes on the
+//!   FIN). In the end every call succeeded
 //!   exactly once, none mismatched, and the new epoch served the reconnected clients.
 
 use std::collections::BTreeMap;
@@ -443,4 +448,38 @@ fn real_dubbo_consumers_read_past_the_read_only_event() {
             );
         }
     }
+}
+
+#[test]
+fn a_half_closed_client_gets_every_answer_on_the_native_front() {
+    let server = Server::start("v1");
+    let (config, port, admin) = bridge(Engine::Native, &MINIRPC, server.port, None);
+    let envoy = Envoy::start("half-close-native", &config, admin);
+    for calls in [1u64, 5] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let bytes: Vec<u8> = (1..=calls)
+            .flat_map(|id| minirpc_peer::request(id, "echo", &[], format!("half-{id}").as_bytes()))
+            .collect();
+        stream.write_all(&bytes).expect("calls");
+        stream.shutdown(Shutdown::Write).expect("half-close");
+        let frames = read_until_close(&mut stream, Duration::from_secs(10));
+        let got: Vec<(u64, Outcome)> = frames.iter().map(|f| (f.id, outcome(f))).collect();
+        let want: Vec<(u64, Outcome)> = (1..=calls)
+            .map(|id| (id, Outcome::Answered(format!("v1:half-{id}").into_bytes())))
+            .collect();
+        assert_eq!(
+            got, want,
+            "{calls} calls, then FIN: every answer, then the close"
+        );
+    }
+    // A FIN with nothing pending closes at once.
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    idle.shutdown(Shutdown::Write).expect("half-close");
+    assert!(read_until_close(&mut idle, Duration::from_secs(5)).is_empty());
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(idle.read(&mut b), Ok(0)),
+        "closed by Envoy, not timed out"
+    );
+    assert_eq!(envoy.stat("cluster.v1.upstream_rq_total"), 6);
 }
