@@ -33,6 +33,13 @@ pub const B3_HEADERS: [&str; 4] = [
     "x-b3-parentspanid",
     "x-b3-sampled",
 ];
+/// The W3C trace context, injected too when a provider asks for
+/// `USE_B3_WITH_W3C_PROPAGATION`.
+pub const W3C_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+/// Istio's (and Envoy's) name for B3 extraction with a W3C fallback and both injected.
+pub const B3_WITH_W3C: &str = "USE_B3_WITH_W3C_PROPAGATION";
+/// Istio's (and Envoy's) default: B3 only.
+pub const B3_ONLY: &str = "USE_B3";
 /// Where Zipkin collectors take spans (JSON, v2) unless the provider names another path.
 pub const ZIPKIN_PATH: &str = "/api/v2/spans";
 
@@ -149,6 +156,11 @@ pub struct ZipkinProvider {
     /// Collector path (default `/api/v2/spans`).
     #[serde(default)]
     pub path: Option<String>,
+    /// `USE_B3` (the default) or `USE_B3_WITH_W3C_PROPAGATION` (Istio 1.28): extract B3,
+    /// else a W3C `traceparent`, and inject both, so that servers on OpenTelemetry's default
+    /// propagation see the trace too.
+    #[serde(default, alias = "trace_context_option")]
+    pub trace_context_option: Option<String>,
 }
 
 /// `envoyFileAccessLog.logFormat`.
@@ -272,6 +284,8 @@ pub struct Trace {
     pub max_tag_length: Option<u32>,
     /// 128-bit trace ids.
     pub trace_id_128bit: bool,
+    /// Also the W3C trace context (`traceparent`), extracted when B3 is absent and injected.
+    pub w3c: bool,
     /// Collector addresses from a ServiceEntry for `service` (none: DNS).
     pub endpoints: Vec<(String, u32)>,
 }
@@ -408,6 +422,7 @@ pub fn for_port(inputs: &Inputs, namespace: &str) -> Option<PortTelemetry> {
                 tags: t.custom_tags.clone(),
                 max_tag_length: z.max_tag_length,
                 trace_id_128bit: z.enable_64bit_trace_id != Some(true),
+                w3c: z.trace_context_option.as_deref() == Some(B3_WITH_W3C),
                 endpoints,
             });
         }
@@ -424,7 +439,8 @@ pub fn module<'a>(
     methods: &std::collections::BTreeSet<&str>,
     native_front: bool,
 ) -> std::borrow::Cow<'a, crate::template::Module> {
-    let traced = t.is_some_and(|t| t.tracing.is_some());
+    let trace = t.and_then(|t| t.tracing.as_ref());
+    let traced = trace.is_some();
     // Only the native front needs the method labels up front (Envoy refuses metrics defined
     // after its configuration is loaded); the wasm front admits them as they come. Naming
     // them puts the routes' methods into the listener, so a route change that changes them
@@ -435,9 +451,12 @@ pub fn module<'a>(
         return std::borrow::Cow::Borrowed(module);
     }
     let mut m = module.clone();
-    if traced {
-        m.config
-            .insert("propagate_headers".into(), json!(B3_HEADERS));
+    if let Some(trace) = trace {
+        let mut headers = B3_HEADERS.to_vec();
+        if trace.w3c {
+            headers.extend(W3C_HEADERS);
+        }
+        m.config.insert("propagate_headers".into(), json!(headers));
     }
     if name_methods {
         m.config.insert("known_methods".into(), json!(methods));
@@ -556,7 +575,8 @@ fn tracing(t: &Trace) -> Value {
                 "collector_endpoint": t.path,
                 "collector_endpoint_version": "HTTP_JSON",
                 "collector_hostname": t.service,
-                "trace_id_128bit": t.trace_id_128bit
+                "trace_id_128bit": t.trace_id_128bit,
+                "trace_context_option": if t.w3c { B3_WITH_W3C } else { B3_ONLY }
             }
         }
     });
@@ -749,6 +769,16 @@ pub fn validate(inputs: &Inputs) -> Vec<Problem> {
                     if let Some(path) = &z.path {
                         if !path.starts_with('/') {
                             out.push(problem(&mesh.source, id.clone(), field(".zipkin.path"), format!("{path:?} must start with /")));
+                        }
+                    }
+                    if let Some(option) = &z.trace_context_option {
+                        if option != B3_ONLY && option != B3_WITH_W3C {
+                            out.push(problem(
+                                &mesh.source,
+                                id.clone(),
+                                field(".zipkin.traceContextOption"),
+                                format!("{option:?} is not {B3_ONLY} or {B3_WITH_W3C}"),
+                            ));
                         }
                     }
                 }
@@ -1020,6 +1050,17 @@ spec:
             "{:?}",
             l.problems
         );
+        let l = load(&MESH.replace("port: 9411}", "port: 9411, traceContextOption: W3C}"));
+        let p: Vec<String> = validate(&l.inputs).iter().map(|p| p.to_string()).collect();
+        assert!(p.iter().any(|x| x.contains("field `data.mesh.extensionProviders[0].zipkin.traceContextOption`: \"W3C\" is not USE_B3 or USE_B3_WITH_W3C_PROPAGATION")), "{p:?}");
+        let l = load(&MESH.replace(
+            "port: 9411}",
+            "port: 9411, traceContextOption: USE_B3_WITH_W3C_PROPAGATION}",
+        ));
+        assert!(l.problems.is_empty(), "{:?}", l.problems);
+        assert!(validate(&l.inputs).is_empty());
+        let t = for_port(&l.inputs, "meta").unwrap();
+        assert!(t.tracing.is_some_and(|t| t.w3c));
         let l = load(&MESH.replace("zipkin: {service", "opentelemetry: {service"));
         assert!(l.problems.iter().any(|p| p.to_string().contains("ConfigMap istio-system/istio: field `data.mesh.extensionProviders[0].opentelemetry`")), "{:?}", l.problems);
     }
@@ -1055,6 +1096,7 @@ spec:
             "meltemi_zipkin|zipkin.istio-system.svc.cluster.local|9411"
         );
         assert_eq!(zipkin["collector_endpoint"], ZIPKIN_PATH);
+        assert_eq!(zipkin["trace_context_option"], B3_ONLY);
         let tags = hcm["tracing"]["custom_tags"].as_array().unwrap();
         assert!(tags
             .iter()
@@ -1090,6 +1132,21 @@ spec:
             json!(B3_HEADERS)
         );
         assert!(module(&m, None, &none, true).config.is_empty());
+        let mut w3c = t.clone();
+        if let Some(trace) = w3c.tracing.as_mut() {
+            trace.w3c = true;
+        }
+        assert_eq!(
+            module(&m, Some(&w3c), &none, false).config["propagate_headers"],
+            json!([
+                "x-b3-traceid",
+                "x-b3-spanid",
+                "x-b3-parentspanid",
+                "x-b3-sampled",
+                "traceparent",
+                "tracestate"
+            ])
+        );
         let methods = ["echo", "add"].into_iter().collect();
         assert_eq!(
             module(&m, None, &methods, true).config["known_methods"],

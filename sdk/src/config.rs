@@ -42,6 +42,13 @@ pub struct Limits {
     /// connection. Past it the front stops reading that client (back-pressure): later requests
     /// wait in order, none is refused.
     pub max_pending_requests: usize,
+    /// Under HTTP/2 toward HCM (`hcm_protocol: http2`): calls of one client connection
+    /// proxied at once, one stream each; more wait in order in the VM, as behind
+    /// `max_pending_requests`. Every open stream can hold an upstream connection and a share
+    /// of the cluster's circuit breakers until its answer is read, so this bounds what one
+    /// client connection takes from all others (over HTTP/1.1 a connection holds one call at
+    /// a time). Default 32.
+    pub max_concurrent_streams: usize,
     /// Metadata entries per message; more are refused with a bad-request error reply (a
     /// one-way call is dropped instead: it must never be answered).
     pub max_metadata_entries: usize,
@@ -69,6 +76,7 @@ impl Default for Limits {
         Self {
             max_frame_bytes: 16 << 20,
             max_pending_requests: 1024,
+            max_concurrent_streams: 32,
             max_metadata_entries: 64,
             max_metadata_bytes: 16 << 10,
             max_connection_buffer_bytes: None,
@@ -142,6 +150,7 @@ impl<C: serde::de::DeserializeOwned + Default> FilterConfig<C> {
         for (name, value) in [
             ("max_frame_bytes", l.max_frame_bytes),
             ("max_pending_requests", l.max_pending_requests),
+            ("max_concurrent_streams", l.max_concurrent_streams),
             ("vm_buffer_budget_bytes", l.vm_buffer_budget_bytes),
             ("max_connection_buffer_bytes", l.connection_buffer_bytes()),
         ] {

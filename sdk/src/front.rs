@@ -302,6 +302,7 @@ impl<C: Codec> Front<C> {
             // Answers held for request order count: they are buffers in the VM.
             let pending = self.in_flight.len().max(h2.order.len());
             return pending < self.limits().max_pending_requests
+                && h2.client.streams() < self.limits().max_concurrent_streams
                 && h2.oneway_in_flight == 0
                 && h2.client.can_open();
         }

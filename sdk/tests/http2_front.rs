@@ -83,13 +83,17 @@ impl<const ANY: bool> Codec for Lp<ANY> {
 }
 
 fn front<const ANY: bool>(max_pending: usize) -> Front<Lp<ANY>> {
+    front_with(Limits {
+        max_pending_requests: max_pending,
+        ..Limits::default()
+    })
+}
+
+fn front_with<const ANY: bool>(limits: Limits) -> Front<Lp<ANY>> {
     Front::new(Rc::new(FilterConfig {
         role: Role::Front,
         service: None,
-        limits: Limits {
-            max_pending_requests: max_pending,
-            ..Limits::default()
-        },
+        limits,
         known_services: Vec::new(),
         known_methods: Vec::new(),
         propagate_headers: Vec::new(),
@@ -288,6 +292,32 @@ fn pending_limit_bounds_streams_and_hcm_control_frames_wait_for_a_kick() {
         open.extend(hcm.read(&f.on_client_bytes(&[], 4, &mut sink).unwrap()));
     }
     assert_eq!(answered, 5);
+    assert_eq!(f.backlog_len(), 0);
+}
+
+#[test]
+fn max_concurrent_streams_bounds_one_connection_below_its_pending_limit() {
+    // Forty calls, room for 1024 pending but 3 streams: HCM never sees more than 3 at once,
+    // and every call is answered in the end, in order.
+    let mut f = front_with::<false>(Limits {
+        max_concurrent_streams: 3,
+        ..Limits::default()
+    });
+    let mut hcm = Hcm::default();
+    let mut sink = Recorder::default();
+    let client: Vec<u8> = (1..=40).flat_map(|i| lp(1, i, b"y")).collect();
+    let mut open = hcm.read(&f.on_client_bytes(&client, 0, &mut sink).unwrap());
+    let mut answers = Vec::new();
+    let mut now = 1;
+    while !open.is_empty() {
+        assert!(open.len() <= 3, "{} streams open at once", open.len());
+        let s = open.remove(0);
+        answers.extend(f.on_hcm_data(&answer(&s), now, &mut sink).unwrap());
+        now += 1;
+        open.extend(hcm.read(&f.on_client_bytes(&[], now, &mut sink).unwrap()));
+    }
+    let want: Vec<u8> = (1..=40).flat_map(|i| lp(2, i, b"y")).collect();
+    assert_eq!(answers, want);
     assert_eq!(f.backlog_len(), 0);
 }
 

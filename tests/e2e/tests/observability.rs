@@ -27,6 +27,7 @@ use serde_json::Value;
 
 meltemi_e2e::on_every_engine!(
     dubbo_metrics_logs_and_traces,
+    a_w3c_trace_context_crosses_the_dubbo_bridge_both_ways,
     thrift_metrics_logs_and_traces
 );
 
@@ -165,8 +166,9 @@ fn parse_request(buf: &[u8]) -> Option<(String, Vec<u8>, usize)> {
 }
 
 /// The mesh configuration (providers), the collector's ServiceEntry and a mesh-wide
-/// Telemetry: access logs to `log`, every call traced.
-fn telemetry_files(collector: u16, log: &Path) -> String {
+/// Telemetry: access logs to `log`, every call traced; `zipkin_extra` adds fields to the
+/// Zipkin provider (`, key: value`).
+fn telemetry_files(collector: u16, log: &Path, zipkin_extra: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: ConfigMap
@@ -175,7 +177,7 @@ data:
   mesh: |
     extensionProviders:
     - name: zipkin
-      zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: 9411}}
+      zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: 9411{zipkin_extra}}}
     - name: calls
       envoyFileAccessLog: {{path: {log}}}
 ---
@@ -375,23 +377,36 @@ fn metric_names(expr: &str) -> Vec<String> {
     out
 }
 
-fn dubbo_metrics_logs_and_traces(engine: Engine) {
-    use meltemi_e2e::dubbo_peer::{
-        self, run_consumer, Call, ConsumerKind, Provider, ProviderKind, ECHO, NO_ROUTE, OTHER,
-    };
-    if !dubbo_peer::peers_available() {
-        return;
-    }
-    let provider = Provider::start(ProviderKind::Sofa, "v1");
-    let collector = Collector::start();
-    let log = log_path("dubbo", engine);
-    let port = free_port();
-    let (echo, other) = (ECHO.to_ascii_lowercase(), OTHER.to_ascii_lowercase());
-    let mut services = String::new();
-    for host in [&echo, &other] {
-        let name = host.rsplit('.').next().unwrap_or(host);
-        services.push_str(&format!(
-            "---
+/// What a Dubbo observability test runs against: the sofa-rpc-node provider behind the
+/// controller's Envoy, a Zipkin collector, the access log file.
+struct DubboObs {
+    // Dropped in this order: Envoy before its controller.
+    envoy: Envoy,
+    _cp: ControlPlane,
+    provider: meltemi_e2e::dubbo_peer::Provider,
+    collector: Collector,
+    log: PathBuf,
+    port: u16,
+    /// The routed interface, lower case.
+    echo: String,
+}
+
+impl DubboObs {
+    /// Routes by method only (`echo`, `attachment`, `fail` on the echo interface): a method
+    /// without a route is a local reply (route_not_found). `zipkin_extra`: see
+    /// [`telemetry_files`].
+    fn start(engine: Engine, name: &str, zipkin_extra: &str) -> DubboObs {
+        use meltemi_e2e::dubbo_peer::{Provider, ProviderKind, ECHO, OTHER};
+        let provider = Provider::start(ProviderKind::Sofa, "v1");
+        let collector = Collector::start();
+        let log = log_path(name, engine);
+        let port = free_port();
+        let (echo, other) = (ECHO.to_ascii_lowercase(), OTHER.to_ascii_lowercase());
+        let mut services = String::new();
+        for host in [&echo, &other] {
+            let name = host.rsplit('.').next().unwrap_or(host);
+            services.push_str(&format!(
+                "---
 apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata: {{name: {name}, namespace: meta-dubbo}}
@@ -400,11 +415,10 @@ spec:
   ports: [{{number: {port}, name: tcp-metaprotocol-dubbo, protocol: TCP}}]
   endpoints: [{{address: 127.0.0.1, ports: {{tcp-metaprotocol-dubbo: {}}}}}]
 ",
-            provider.port
-        ));
-    }
-    // Routes by method only: a method without a route is a local reply (route_not_found).
-    services.push_str(&format!(
+                provider.port
+            ));
+        }
+        services.push_str(&format!(
         "---
 apiVersion: metaprotocol.aeraki.io/v1alpha1
 kind: MetaRouter
@@ -417,20 +431,50 @@ spec:
   - {{name: fail, match: {{attributes: {{method: {{exact: fail}}}}}}, route: [{{destination: {{host: {echo}}}}}]}}
 "
     ));
-    let cp = ControlPlane::start(
-        "obs-dubbo",
-        &Plan {
-            engine,
-            codecs: &[("dubbo", "meltemi-dubbo")],
-            args: &[],
-            files: &[
-                ("services.yaml", services),
-                ("telemetry.yaml", telemetry_files(collector.port, &log)),
-            ],
-        },
-    );
-    let envoy = cp.envoy("obs-dubbo");
-    wait_for_routes(&envoy, "dubbo", port, 1);
+        let cp_name = format!("obs-{name}");
+        let cp = ControlPlane::start(
+            &cp_name,
+            &Plan {
+                engine,
+                codecs: &[("dubbo", "meltemi-dubbo")],
+                args: &[],
+                files: &[
+                    ("services.yaml", services),
+                    (
+                        "telemetry.yaml",
+                        telemetry_files(collector.port, &log, zipkin_extra),
+                    ),
+                ],
+            },
+        );
+        let envoy = cp.envoy(&cp_name);
+        wait_for_routes(&envoy, "dubbo", port, 1);
+        DubboObs {
+            envoy,
+            _cp: cp,
+            provider,
+            collector,
+            log,
+            port,
+            echo,
+        }
+    }
+}
+
+impl Drop for DubboObs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn dubbo_metrics_logs_and_traces(engine: Engine) {
+    use meltemi_e2e::dubbo_peer::{self, run_consumer, Call, ConsumerKind, ECHO, NO_ROUTE};
+    if !dubbo_peer::peers_available() {
+        return;
+    }
+    let obs = DubboObs::start(engine, "dubbo", "");
+    let (envoy, collector, log, port, echo) =
+        (&obs.envoy, &obs.collector, &obs.log, obs.port, &obs.echo);
 
     let calls = [
         Call::new(ECHO, "echo", "one"),
@@ -500,11 +544,11 @@ spec:
     );
 
     // Istio's standard metrics, from the same calls (a business error is a 200 answer).
-    wait_istio(&envoy, engine, "dubbo", "200", 4.0);
-    wait_istio(&envoy, engine, "dubbo", "404", 2.0);
+    wait_istio(envoy, engine, "dubbo", "200", 4.0);
+    wait_istio(envoy, engine, "dubbo", "404", 2.0);
 
     // Access log: one line per call, in order, naming it.
-    let lines = wait_log(&log, "dubbo", 6, &envoy);
+    let lines = wait_log(log, "dubbo", 6, envoy);
     assert_eq!(lines.len(), 6, "{lines:#?}");
     let expect = [
         ("echo", "success", "200"),
@@ -518,10 +562,10 @@ spec:
         check_line(line, method, outcome, code);
     }
     for line in &lines[..4] {
-        check_upstream(line, engine, provider.port);
+        check_upstream(line, engine, obs.provider.port);
         // The front names the interface as the client wrote it; Envoy matched it to the
         // lower-cased host.
-        assert!(field(line, "service").eq_ignore_ascii_case(&echo), "{line}");
+        assert!(field(line, "service").eq_ignore_ascii_case(echo), "{line}");
         assert_eq!(field(line, "error_kind"), "-", "{line}");
     }
     for line in &lines[4..] {
@@ -552,10 +596,84 @@ spec:
         s["name"].as_str().map(str::to_ascii_lowercase) == Some(format!("{echo}/fail"))
     });
 
-    dashboard_metrics_are_exported(&envoy);
-    drop(envoy);
-    drop(cp);
-    let _ = std::fs::remove_file(&log);
+    dashboard_metrics_are_exported(envoy);
+}
+
+/// With the Zipkin provider's `traceContextOption: USE_B3_WITH_W3C_PROPAGATION` (Istio
+/// 1.28), the W3C trace context crosses the bridge both ways: the provider receives a
+/// `traceparent` attachment naming Envoy's span, and a consumer's own `traceparent`
+/// attachment (no B3) puts Envoy's span into the consumer's trace, which the provider then
+/// receives.
+fn a_w3c_trace_context_crosses_the_dubbo_bridge_both_ways(engine: Engine) {
+    use meltemi_e2e::dubbo_peer::{self, run_consumer, Call, ConsumerKind, ECHO};
+    if !dubbo_peer::peers_available() {
+        return;
+    }
+    let obs = DubboObs::start(
+        engine,
+        "dubbo-w3c",
+        ", traceContextOption: USE_B3_WITH_W3C_PROPAGATION",
+    );
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let calls = [
+        Call::new(ECHO, "attachment", "traceparent"),
+        Call::new(ECHO, "attachment", "x-b3-traceid")
+            .att("traceparent", &format!("00-{TRACE}-{PARENT}-01")),
+    ];
+    let run = run_consumer(
+        ConsumerKind::Sofa,
+        obs.port,
+        &calls,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.completed(),
+        "{}\nenvoy:\n{}",
+        run.transcript(),
+        obs.envoy.log()
+    );
+    let value = |i: usize| run.outcomes[i].value("call").trim_matches('"').to_owned();
+    // `00-<trace id>-<span id>-01`, the ids of the span Envoy sent.
+    let seen = value(0);
+    let parts: Vec<&str> = seen
+        .strip_prefix("v1:traceparent=")
+        .unwrap_or_else(|| panic!("no traceparent reached the provider: {}", run.transcript()))
+        .split('-')
+        .collect();
+    assert!(
+        parts.len() == 4
+            && parts[0] == "00"
+            && parts[1].len() == 32
+            && parts[2].len() == 16
+            && parts[3] == "01",
+        "the provider saw traceparent {seen:?}"
+    );
+    let span = obs
+        .collector
+        .wait_span("named by the provider's traceparent", |s| {
+            s["traceId"] == parts[1] && s["id"] == parts[2]
+        });
+    assert_eq!(
+        span["name"].as_str().map(str::to_ascii_lowercase),
+        Some(format!("{}/attachment", obs.echo)),
+        "{span:#}"
+    );
+    // The consumer's trace continues through Envoy to the provider.
+    assert_eq!(
+        value(1),
+        format!("v1:x-b3-traceid={TRACE}"),
+        "{}",
+        run.transcript()
+    );
+    let span = obs
+        .collector
+        .wait_span("in the consumer's trace", |s| s["traceId"] == TRACE);
+    // Zipkin's shared span context (Envoy's default): the server side of the consumer's own
+    // span, same id, marked shared.
+    assert_eq!(span["id"], PARENT, "{span:#}");
+    assert_eq!(span["shared"], true, "{span:#}");
 }
 
 fn thrift_metrics_logs_and_traces(engine: Engine) {
@@ -600,7 +718,14 @@ spec:
             ],
             files: &[
                 ("services.yaml", services),
-                ("telemetry.yaml", telemetry_files(collector.port, &log)),
+                (
+                    "telemetry.yaml",
+                    telemetry_files(
+                        collector.port,
+                        &log,
+                        ", traceContextOption: USE_B3_WITH_W3C_PROPAGATION",
+                    ),
+                ),
             ],
         },
     );
@@ -650,6 +775,12 @@ spec:
     let (trace_id, span_id) = (header("x-b3-traceid"), header("x-b3-spanid"));
     assert_eq!(header("x-b3-sampled"), "1", "{inspect}");
     assert_eq!(trace_id.len(), 32, "{inspect}");
+    // The provider asks for W3C too: the same ids as a THeader `traceparent`.
+    assert_eq!(
+        header("traceparent"),
+        format!("00-{trace_id}-{span_id}-01"),
+        "{inspect}"
+    );
 
     let thrift = ("protocol", "thrift");
     for (outcome, want) in [("success", 5.0), ("local_reply", 1.0)] {
