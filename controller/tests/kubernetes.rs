@@ -7,7 +7,7 @@
 //! controller binary with kube-rs's client and watcher, ADS, Envoy, the MiniRPC servers and a
 //! client on one long-lived connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,6 +39,8 @@ struct State {
     collections: BTreeMap<String, Collection>,
     /// Requests seen (`GET path?query`), for the test to check what was asked.
     requests: Vec<String>,
+    /// Collections answered `404 NotFound`, as for a CRD that is not installed.
+    not_served: BTreeSet<String>,
 }
 
 /// The fake API server: one thread per connection, bound to 127.0.0.1.
@@ -55,6 +57,9 @@ fn plural(kind: &str) -> &'static str {
         "ServiceEntry" => "serviceentries",
         "DestinationRule" => "destinationrules",
         "Service" => "services",
+        "MetaAuthorizationPolicy" => "metaauthorizationpolicies",
+        "Telemetry" => "telemetries",
+        "ConfigMap" => "configmaps",
         other => panic!("no collection for {other}"),
     }
 }
@@ -115,6 +120,16 @@ impl FakeApi {
     fn requests(&self) -> Vec<String> {
         self.state.lock().expect("state").requests.clone()
     }
+
+    /// Answers `404 NotFound` for `plural` (its CRD is not installed), or serves it again.
+    fn set_served(&self, plural: &str, served: bool) {
+        let mut s = self.state.lock().expect("state");
+        if served {
+            s.not_served.remove(plural);
+        } else {
+            s.not_served.insert(plural.to_owned());
+        }
+    }
 }
 
 impl Drop for FakeApi {
@@ -164,11 +179,27 @@ fn serve_connection(conn: TcpStream, state: &Mutex<State>, stop: &AtomicBool) {
             .to_owned();
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let watch = query.split('&').any(|kv| kv == "watch=true");
+        let not_found = |out: &mut TcpStream| {
+            let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404})
+            .to_string();
+            write!(out, "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        };
         let Some((namespace, plural)) = route(path) else {
-            let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}).to_string();
-            let _ = write!(out, "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let _ = not_found(&mut out);
             continue;
         };
+        {
+            let mut s = state.lock().expect("state");
+            if s.not_served.contains(&plural) {
+                s.requests.push(format!("404 {target}"));
+                drop(s);
+                if not_found(&mut out).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let in_scope = |o: &Value| {
             namespace
                 .as_deref()
@@ -241,13 +272,100 @@ fn router(split: &[(&str, u32)], name: &str, namespace: &str, host: &str) -> Val
     })
 }
 
-/// `meltemi-controller serve --kubernetes`, killed by PID on drop.
+/// The service every test routes.
+const HOST: &str = "demo.meta.svc.cluster.local";
+
+/// What every test starts from: the MiniRPC module, servers v1 and v2, free ports, and the
+/// fake API server holding the protocol, the service and a MetaRouter sending all to v1.
+struct Demo {
+    wasm: PathBuf,
+    /// The servers, kept running for the test's length.
+    _servers: [Server; 2],
+    port: u16,
+    xds: u16,
+    admin: u16,
+    api: FakeApi,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let wasm = build_wasm("minirpc");
+        let (v1, v2) = (Server::start("v1"), Server::start("v2"));
+        let (port, xds, admin) = (free_port(), free_port(), free_port());
+        let api = FakeApi::start();
+        apply_service(&api, HOST, port, &v1, &v2);
+        api.apply(router(&[("v1", 100)], "demo", "meta", HOST));
+        Demo {
+            wasm,
+            _servers: [v1, v2],
+            port,
+            xds,
+            admin,
+            api,
+        }
+    }
+}
+
+/// The protocol and service: `host` on `port`, subsets v1 and v2.
+fn apply_service(api: &FakeApi, host: &str, port: u16, v1: &Server, v2: &Server) {
+    api.apply(json!({
+        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "ApplicationProtocol",
+        "metadata": {"name": "minirpc"}, "spec": {"protocol": "minirpc", "codec": "meltemi.minirpc"}
+    }));
+    // A Kubernetes Service carries the port name; its endpoints come from a ServiceEntry
+    // for the same host (the watched kinds include no Endpoints).
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "meta"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "ServiceEntry",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"hosts": [host], "ports": [{"number": port, "name": "tcp-metaprotocol-minirpc-demo", "protocol": "TCP"}],
+                 "endpoints": [
+                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v1.port}, "labels": {"version": "v1"}},
+                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v2.port}, "labels": {"version": "v2"}}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"host": host, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+}
+
+/// `meltemi-controller serve --kubernetes -n meta`, killed by PID on drop.
 struct Controller {
     child: Child,
     log: PathBuf,
+    dir: PathBuf,
 }
 
 impl Controller {
+    /// Starts it against `api` and waits until it serves xDS (its first configuration built).
+    fn start(name: &str, api: &FakeApi, wasm: &Path, xds: u16) -> Controller {
+        let dir =
+            std::env::temp_dir().join(format!("meltemi-ctl-kube-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let log = dir.join("controller.log");
+        let child = Command::new(BIN)
+            .args(["serve", "--kubernetes", "-n", "meta"])
+            .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
+            .arg(format!("minirpc={}", wasm.display()))
+            .env("KUBECONFIG", kubeconfig(&dir, api.port))
+            .env("HOME", &dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start meltemi-controller");
+        let ctl = Controller { child, log, dir };
+        ctl.wait_logged("xds server listening");
+        ctl
+    }
+
     fn text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -271,6 +389,8 @@ impl Drop for Controller {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("controller log:\n{}", self.text());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -285,6 +405,25 @@ fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
     )
     .expect("kubeconfig");
     path
+}
+
+/// Envoy bootstrapped from the controller at `xds`, once it holds the routes of `port`;
+/// with the name of the RDS update counter.
+fn envoy_with_routes(name: &str, xds: u16, admin: u16, port: u16) -> (Envoy, String) {
+    let out = Command::new(BIN)
+        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-port", &admin.to_string()])
+        .output()
+        .expect("bootstrap");
+    assert!(out.status.success());
+    let envoy = Envoy::start(name, &String::from_utf8_lossy(&out.stdout), admin);
+    let rds = format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while envoy.stat(&rds) < 1 {
+        assert!(Instant::now() < deadline, "no routes:\n{}", envoy.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (envoy, rds)
 }
 
 type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
@@ -311,36 +450,9 @@ fn wait_tag(calls: &Calls, since: Instant, tag: &str) -> Duration {
 
 #[test]
 fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
-    let wasm = build_wasm("minirpc");
-    let (v1, v2) = (Server::start("v1"), Server::start("v2"));
-    let (port, xds, admin) = (free_port(), free_port(), free_port());
-    let api = FakeApi::start();
-    let host = "demo.meta.svc.cluster.local";
-    api.apply(json!({
-        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "ApplicationProtocol",
-        "metadata": {"name": "minirpc"}, "spec": {"protocol": "minirpc", "codec": "meltemi.minirpc"}
-    }));
-    // A Kubernetes Service carries the port name; its endpoints come from a ServiceEntry
-    // for the same host (the watched kinds include no Endpoints).
-    api.apply(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "meta"},
-        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}
-    }));
-    api.apply(json!({
-        "apiVersion": "networking.istio.io/v1beta1", "kind": "ServiceEntry",
-        "metadata": {"name": "demo", "namespace": "meta"},
-        "spec": {"hosts": [host], "ports": [{"number": port, "name": "tcp-metaprotocol-minirpc-demo", "protocol": "TCP"}],
-                 "endpoints": [
-                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v1.port}, "labels": {"version": "v1"}},
-                     {"address": "127.0.0.1", "ports": {"tcp-metaprotocol-minirpc-demo": v2.port}, "labels": {"version": "v2"}}]}
-    }));
-    api.apply(json!({
-        "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
-        "metadata": {"name": "demo", "namespace": "meta"},
-        "spec": {"host": host, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
-    }));
-    api.apply(router(&[("v1", 100)], "demo", "meta", host));
+    let demo = Demo::start();
+    let (api, wasm, host) = (&demo.api, &demo.wasm, HOST);
+    let (port, xds, admin) = (demo.port, demo.xds, demo.admin);
     // Outside the watched namespace: invalid (unknown host), and never seen.
     api.apply(router(
         &[("v1", 100)],
@@ -349,24 +461,7 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
         "nowhere.other.svc",
     ));
 
-    let dir = std::env::temp_dir().join(format!("meltemi-ctl-kube-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    let log = dir.join("controller.log");
-    let child = Command::new(BIN)
-        .args(["serve", "--kubernetes", "-n", "meta"])
-        .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
-        .arg(format!("minirpc={}", wasm.display()))
-        .env("KUBECONFIG", kubeconfig(&dir, api.port))
-        .env("HOME", &dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start meltemi-controller");
-    let ctl = Controller { child, log };
-    ctl.wait_logged("xds server listening");
+    let ctl = Controller::start("route", api, wasm, xds);
     let requests = api.requests();
     assert!(
         requests
@@ -385,20 +480,7 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
         !requests.iter().any(|r| r.contains("/namespaces/other/")),
         "{requests:?}"
     );
-
-    let out = Command::new(BIN)
-        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds}")])
-        .args(["--admin-port", &admin.to_string()])
-        .output()
-        .expect("bootstrap");
-    assert!(out.status.success());
-    let envoy = Envoy::start("ctl-kube", &String::from_utf8_lossy(&out.stdout), admin);
-    let rds = format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while envoy.stat(&rds) < 1 {
-        assert!(Instant::now() < deadline, "no routes:\n{}", envoy.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (envoy, rds) = envoy_with_routes("ctl-kube", xds, admin, port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let calls: Calls = Arc::default();
@@ -493,5 +575,144 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
     );
     drop(envoy);
     drop(ctl);
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The other kinds come from the API server too, and a cluster without Meltemi's CRDs is
+/// not a broken cluster: `404 NotFound` for the optional kinds reads as none of them, the
+/// first configuration is served at once, and a policy whose CRD is installed later is
+/// picked up by the watch that kept retrying. The root `Telemetry` and the mesh ConfigMap
+/// (both in `istio-system`, watched besides `-n meta`) turn on the access log.
+#[test]
+fn missing_crds_do_not_block_and_policies_telemetry_and_mesh_config_are_watched() {
+    let demo = Demo::start();
+    let (api, wasm) = (&demo.api, &demo.wasm);
+    let (port, xds, admin) = (demo.port, demo.xds, demo.admin);
+    let log = std::env::temp_dir().join(format!("meltemi-kube-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "istio-system"},
+        "data": {"mesh": format!("extensionProviders:\n- name: calls\n  envoyFileAccessLog: {{path: {}}}\n", log.display())}
+    }));
+    api.apply(json!({
+        "apiVersion": "telemetry.istio.io/v1alpha1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"accessLogging": [{"providers": [{"name": "calls"}]}]}
+    }));
+    let not_installed = [
+        "metaauthorizationpolicies",
+        "dubboauthorizationpolicies",
+        "metatrafficpolicies",
+        "ratelimitconfigs",
+        "gateways",
+    ];
+    for plural in not_installed {
+        api.set_served(plural, false);
+    }
+
+    let ctl = Controller::start("kinds", api, wasm, xds);
+    ctl.wait_logged("not served by the API server");
+    let requests = api.requests();
+    for plural in not_installed {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.starts_with("404 ") && r.contains(&format!("/namespaces/meta/{plural}"))),
+            "{plural} was never asked for: {requests:?}"
+        );
+    }
+    let asked = |prefix: &str| requests.iter().any(|r| r.starts_with(prefix));
+    assert!(
+        asked("/api/v1/namespaces/istio-system/configmaps?")
+            && requests
+                .iter()
+                .any(|r| r.contains("/configmaps?")
+                    && r.contains("fieldSelector=metadata.name%3Distio")),
+        "the mesh ConfigMap is read by name from the root namespace: {requests:?}"
+    );
+    assert!(
+        asked("/apis/telemetry.istio.io/v1alpha1/namespaces/istio-system/telemetries")
+            && asked("/apis/telemetry.istio.io/v1alpha1/namespaces/meta/telemetries"),
+        "Telemetry of the root and the watched namespace: {requests:?}"
+    );
+
+    let (envoy, _) = envoy_with_routes("ctl-kube-kinds", xds, admin, port);
+    let mut client = Client::connect(port);
+    let mut id = 0u64;
+    let mut call = |client: &mut Client, method: &str| {
+        id += 1;
+        let f = client.call(&minirpc_peer::request(id, method, &[], b"x"));
+        assert_eq!(f.id, id, "{f:?}");
+        f
+    };
+    let bye = call(&mut client, "sayBye");
+    assert_eq!(
+        (bye.kind, bye.payload.as_slice()),
+        (minirpc::kind::RESPONSE, &b"v1:x"[..]),
+        "{bye:?}"
+    );
+    // The root Telemetry's access log, through the mesh ConfigMap's provider.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &Value| v["protocol"] == "minirpc")
+            .collect();
+        if let Some(line) = lines.first() {
+            assert_eq!(line["response_code"], 200, "{line}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line in {}:\n{text}\nenvoy:\n{}",
+            log.display(),
+            envoy.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The CRD is installed and a DENY policy written: the retrying watch lists it and the
+    // same connection's `sayBye` is refused, `echo` still answered.
+    let t = Instant::now();
+    api.set_served("metaauthorizationpolicies", true);
+    api.apply(json!({
+        "apiVersion": "meltemi.io/v1alpha1", "kind": "MetaAuthorizationPolicy",
+        "metadata": {"name": "no-bye", "namespace": "meta"},
+        "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"methods": ["sayBye"]}}]}]}
+    }));
+    let deadline = t + Duration::from_secs(60);
+    loop {
+        let f = call(&mut client, "sayBye");
+        if f.kind == minirpc::kind::ERROR {
+            assert_eq!(f.headers.get("error"), Some("unauthorized"), "{f:?}");
+            break;
+        }
+        assert_eq!(f.payload, b"v1:x", "{f:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the policy was never applied:\n{}",
+            ctl.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "CRD installed -> policy enforced: {:.1} s (the watch's backoff)",
+        t.elapsed().as_secs_f64()
+    );
+    let echo = call(&mut client, "echo");
+    assert_eq!(
+        (echo.kind, echo.payload.as_slice()),
+        (minirpc::kind::RESPONSE, &b"v1:x"[..]),
+        "{echo:?}"
+    );
+    assert_eq!(
+        envoy.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total")),
+        1,
+        "one client connection throughout"
+    );
+    drop(envoy);
+    drop(ctl);
+    let _ = std::fs::remove_file(&log);
 }
