@@ -3,7 +3,7 @@
 //! long-lived connection and the route file is rewritten under it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,7 +12,9 @@ use meltemi_e2e::envoy::{envoy_binary, Envoy};
 use meltemi_e2e::minirpc_peer::{self, Client, Server};
 use meltemi_e2e::workspace::{build_wasm, free_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meltemi-controller");
+mod common;
+
+use common::{Controller, BIN};
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/minirpc")
@@ -242,56 +244,14 @@ fn write_atomic(dir: &Path, name: &str, text: &str) {
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
 }
 
-/// `meltemi-controller serve`, killed (by PID) on drop.
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn start(dir: &Path, xds_port: u16, wasm: &Path, log: PathBuf) -> Controller {
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
-            .args(["serve", "--dir"])
-            .arg(dir)
-            .args(["--listen", &format!("127.0.0.1:{xds_port}"), "--module"])
-            .arg(format!("minirpc={}", wasm.display()))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start meltemi-controller");
-        let c = Controller { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.logged("xds server listening") {
-            assert!(
-                Instant::now() < deadline,
-                "controller did not start:\n{}",
-                c.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        c
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.text().contains(needle)
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("controller log:\n{}", self.text());
-        }
-    }
+/// `meltemi-controller serve --dir <dir>` serving the `minirpc` module.
+fn serve_dir(dir: &Path, xds_port: u16, wasm: &Path, log: PathBuf) -> Controller {
+    let mut command = Controller::command(&["serve", "--dir"]);
+    command
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{xds_port}"), "--module"])
+        .arg(format!("minirpc={}", wasm.display()));
+    Controller::start(command, log, Duration::from_secs(20))
 }
 
 /// One call's outcome as the client saw it.
@@ -417,7 +377,7 @@ fn live_route_changes_on_one_connection_through_ads() {
     let config = dir.0.join("config");
     demo_config(&config, port, &v1, &v2, &[("v1", 100)]);
 
-    let ctl = Controller::start(&config, xds, &wasm, dir.0.join("controller.log"));
+    let ctl = serve_dir(&config, xds, &wasm, dir.0.join("controller.log"));
     // Two Envoys on the same controller (SO_REUSEPORT lets both bind the listener port).
     let envoys: Vec<Envoy> = [admin1, admin2]
         .iter()
@@ -488,15 +448,7 @@ fn live_route_changes_on_one_connection_through_ads() {
     // An invalid change: weights summing to 60. Rejected, logged, nothing changes.
     let updates: Vec<u64> = envoys.iter().map(|e| rds_updates(e, port)).collect();
     write_atomic(&config, "router.yaml", &router(&[("v1", 30), ("v2", 30)]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctl.logged("weights sum to 60") {
-        assert!(
-            Instant::now() < deadline,
-            "rejection not logged:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    ctl.wait_logged("weights sum to 60", Duration::from_secs(10));
     let log = ctl.text();
     let line = log
         .lines()
@@ -538,15 +490,7 @@ fn live_route_changes_on_one_connection_through_ads() {
     for (e, before) in envoys.iter().zip(&rejected) {
         wait_stat(e, "RDS NACK", |e| rds_rejected(e, port) > *before);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ctl.logged("(NACK)") {
-        assert!(
-            Instant::now() < deadline,
-            "NACK not logged:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    ctl.wait_logged("(NACK)", Duration::from_secs(10));
     let log = ctl.text();
     let nack = log
         .lines()
@@ -643,7 +587,7 @@ fn controller_restart_under_load_changes_nothing() {
     let dir = TempDir::new("restart");
     let config = dir.0.join("config");
     demo_config(&config, port, &v1, &v2, &[("v1", 100)]);
-    let ctl = Controller::start(&config, xds, &wasm, dir.0.join("controller-1.log"));
+    let ctl = serve_dir(&config, xds, &wasm, dir.0.join("controller-1.log"));
     let out = controller(&[
         "bootstrap",
         "--xds",
@@ -688,7 +632,7 @@ fn controller_restart_under_load_changes_nothing() {
 
     // A new controller on the same directory serves the same content-hash versions: Envoy
     // reconnects and modifies nothing.
-    let ctl = Controller::start(&config, xds, &wasm, dir.0.join("controller-2.log"));
+    let ctl = serve_dir(&config, xds, &wasm, dir.0.join("controller-2.log"));
     wait_stat(&envoy, "xDS reconnected", |e| {
         e.stat("control_plane.connected_state") == 1
     });
@@ -745,7 +689,7 @@ fn fifty_route_changes_under_load_two_connections() {
     let dir = TempDir::new("soak");
     let config = dir.0.join("config");
     demo_config(&config, port, &v1, &v2, &[("v1", 100)]);
-    let ctl = Controller::start(&config, xds, &wasm, dir.0.join("controller.log"));
+    let ctl = serve_dir(&config, xds, &wasm, dir.0.join("controller.log"));
     let out = controller(&[
         "bootstrap",
         "--xds",
@@ -982,27 +926,13 @@ fn istio_shaped_sidecar_gets_live_routes_over_rds() {
     std::fs::write(&sidecar_file, sidecar.to_string()).expect("write");
 
     let log = dir.0.join("controller.log");
-    let file = std::fs::File::create(&log).expect("log");
-    let child = Command::new(BIN)
+    let mut command = Controller::command(&[]);
+    command
         .args(["serve", "--istio", "--dir"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
-        .arg(format!("minirpc={}", wasm.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(file)
-        .spawn()
-        .expect("start controller");
-    let ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctl.logged("xds server listening") {
-        assert!(
-            Instant::now() < deadline,
-            "controller did not start:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .arg(format!("minirpc={}", wasm.display()));
+    let _ctl = Controller::start(command, log, Duration::from_secs(20));
     let out = controller(&[
         "envoyfilter",
         "--dir",
@@ -1164,7 +1094,8 @@ fn xds_over_mutual_tls() {
     demo_config(&config, port, &v1, &v2, &[("v2", 100)]);
     let p = |f: &str| dir.0.join(f).display().to_string();
     let log = dir.0.join("controller.log");
-    let child = Command::new(BIN)
+    let mut command = Controller::command(&[]);
+    command
         .args(["serve", "--dir"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}")])
@@ -1177,22 +1108,8 @@ fn xds_over_mutual_tls() {
             &p("ca.pem"),
         ])
         .arg("--module")
-        .arg(format!("minirpc={}", wasm.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start controller");
-    let ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctl.logged("xds server listening") {
-        assert!(
-            Instant::now() < deadline,
-            "controller did not start:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .arg(format!("minirpc={}", wasm.display()));
+    let ctl = Controller::start(command, log, Duration::from_secs(20));
     assert!(ctl.logged("tls=true"), "{}", ctl.text());
     let out = controller(&[
         "bootstrap",
@@ -1291,7 +1208,8 @@ fn thrift_routes_from_the_controller_with_apache_thrift_peers() {
     let config = dir.0.join("config");
     thrift_config(&config, port, v1.port, v2.port, "v1");
     let log = dir.0.join("controller.log");
-    let child = Command::new(BIN)
+    let mut command = Controller::command(&[]);
+    command
         .args(["serve", "--dir"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
@@ -1300,22 +1218,8 @@ fn thrift_routes_from_the_controller_with_apache_thrift_peers() {
         .args([
             "--filter-config",
             r#"thrift={"codec": {"transport": "header"}, "limits": {"max_frame_bytes": 1048576}}"#,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start controller");
-    let ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctl.logged("xds server listening") {
-        assert!(
-            Instant::now() < deadline,
-            "controller did not start:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        ]);
+    let ctl = Controller::start(command, log, Duration::from_secs(20));
     let out = controller(&[
         "bootstrap",
         "--xds",
@@ -1474,26 +1378,13 @@ fn dubbo_interface_level_from_the_controller_with_real_providers() {
     let config = dir.0.join("config");
     dubbo_config(&config, port, v1.port, v2.port);
     let log = dir.0.join("controller.log");
-    let child = Command::new(BIN)
+    let mut command = Controller::command(&[]);
+    command
         .args(["serve", "--dir"])
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
-        .arg(format!("dubbo={}", wasm.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start controller");
-    let ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctl.logged("xds server listening") {
-        assert!(
-            Instant::now() < deadline,
-            "controller did not start:\n{}",
-            ctl.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .arg(format!("dubbo={}", wasm.display()));
+    let ctl = Controller::start(command, log, Duration::from_secs(20));
     let out = controller(&[
         "bootstrap",
         "--xds",

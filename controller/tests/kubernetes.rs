@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,12 @@ use meltemi_e2e::minirpc_peer::{self, Client, Server};
 use meltemi_e2e::workspace::{build_wasm, free_port, listener};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meltemi-controller");
+mod common;
+
+use common::{Controller, BIN};
+
+/// How long the controller gets to log what a test waits for.
+const WAIT: Duration = Duration::from_secs(30);
 
 /// One collection (`metarouters`, `services`, …) of the fake API server.
 #[derive(Default)]
@@ -334,62 +339,41 @@ fn apply_service(api: &FakeApi, host: &str, port: u16, v1: &Server, v2: &Server)
     }));
 }
 
-/// `meltemi-controller serve --kubernetes -n meta`, killed by PID on drop.
-struct Controller {
-    child: Child,
-    log: PathBuf,
+/// `serve --kubernetes -n meta` against the fake API server; its kubeconfig and log live in a
+/// directory of its own, removed after a passing test (the controller is stopped first).
+struct KubeController {
+    controller: Controller,
     dir: PathBuf,
 }
 
-impl Controller {
+impl KubeController {
     /// Starts it against `api` and waits until it serves xDS (its first configuration built).
-    fn start(name: &str, api: &FakeApi, wasm: &Path, xds: u16) -> Controller {
+    fn start(name: &str, api: &FakeApi, wasm: &Path, xds: u16) -> KubeController {
         let dir =
             std::env::temp_dir().join(format!("meltemi-ctl-kube-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
-        let log = dir.join("controller.log");
-        let child = Command::new(BIN)
-            .args(["serve", "--kubernetes", "-n", "meta"])
+        let mut command = Controller::command(&["serve", "--kubernetes", "-n", "meta"]);
+        command
             .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
             .arg(format!("minirpc={}", wasm.display()))
             .env("KUBECONFIG", kubeconfig(&dir, api.port))
-            .env("HOME", &dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start meltemi-controller");
-        let ctl = Controller { child, log, dir };
-        ctl.wait_logged("xds server listening");
-        ctl
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_logged(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.text().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "controller never logged {needle:?}:\n{}",
-                self.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            .env("HOME", &dir);
+        let controller = Controller::start(command, dir.join("controller.log"), WAIT);
+        KubeController { controller, dir }
     }
 }
 
-impl Drop for Controller {
+impl std::ops::Deref for KubeController {
+    type Target = Controller;
+    fn deref(&self) -> &Controller {
+        &self.controller
+    }
+}
+
+impl Drop for KubeController {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("controller log:\n{}", self.text());
-        } else {
+        if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -461,7 +445,7 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
         "nowhere.other.svc",
     ));
 
-    let ctl = Controller::start("route", api, wasm, xds);
+    let ctl = KubeController::start("route", api, wasm, xds);
     let requests = api.requests();
     assert!(
         requests
@@ -524,6 +508,7 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
     api.apply(router(&[("v1", 30), ("v2", 30)], "demo", "meta", host));
     ctl.wait_logged(
         "resource=MetaRouter meta/demo field=spec.routes[0].route problem=weights sum to 60",
+        WAIT,
     );
     assert!(ctl.text().contains("file=kubernetes"), "{}", ctl.text());
     let t = Instant::now();
@@ -610,8 +595,8 @@ fn missing_crds_do_not_block_and_policies_telemetry_and_mesh_config_are_watched(
         api.set_served(plural, false);
     }
 
-    let ctl = Controller::start("kinds", api, wasm, xds);
-    ctl.wait_logged("not served by the API server");
+    let ctl = KubeController::start("kinds", api, wasm, xds);
+    ctl.wait_logged("not served by the API server", WAIT);
     let requests = api.requests();
     for plural in not_installed {
         assert!(

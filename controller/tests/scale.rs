@@ -23,7 +23,9 @@ use meltemi_e2e::envoy::envoy_binary;
 use meltemi_e2e::minirpc_peer::{self, Client, Server};
 use meltemi_e2e::workspace::{build_wasm, free_port, listener};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meltemi-controller");
+mod common;
+
+use common::{Controller, BIN};
 
 /// How many route changes are timed.
 const CHANGES: usize = 10;
@@ -95,33 +97,6 @@ fn write_atomic(dir: &Path, name: &str, text: &str) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).expect("write");
     std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
-/// `meltemi-controller serve`, killed by PID on drop.
-struct Controller {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Controller {
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.text();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "controller log (last lines, newest first):\n{}",
-                tail.join("\n")
-            );
-        }
-    }
 }
 
 /// `translate_ms=…` of the first log line containing `what`.
@@ -244,23 +219,12 @@ fn one_change_among_a_thousand_services_reaches_envoy() {
     }
 
     let log = dir.join("controller.log");
-    let child = Command::new(BIN)
-        .args(["serve", "--dir"])
+    let mut command = Controller::command(&["serve", "--dir"]);
+    command
         .arg(&config)
         .args(["--listen", &format!("127.0.0.1:{xds}"), "--module"])
-        .arg(format!("minirpc={}", wasm.display()))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start meltemi-controller");
-    let ctl = Controller { child, log };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !ctl.text().contains("xds server listening") {
-        assert!(Instant::now() < deadline, "controller did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        .arg(format!("minirpc={}", wasm.display()));
+    let ctl = Controller::start(command, log, Duration::from_secs(120));
     let full = logged_ms(&ctl.text(), "configuration loaded").unwrap_or(f64::NAN);
 
     let out = Command::new(BIN)

@@ -7,6 +7,7 @@ pub mod controlplane;
 pub mod dubbo_load;
 pub mod dubbo_peer;
 pub mod envoy;
+pub mod http_load;
 pub mod load;
 pub mod minirpc_peer;
 pub mod thrift_load;

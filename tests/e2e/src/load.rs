@@ -151,3 +151,17 @@ where
         latency,
     }
 }
+
+/// Starts a server on a fresh 127.0.0.1 port that runs `serve` on a thread of its own for
+/// each connection (the benchmarks' echo servers); returns the port. Threads end when their
+/// connection closes.
+pub fn start_server(serve: fn(std::net::TcpStream)) -> u16 {
+    let listener = crate::workspace::listener();
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}

@@ -5,8 +5,6 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
-use crate::workspace;
-
 /// A framed, strict-binary CALL of `method(1: string msg)`.
 pub fn call_frame(method: &str, seqid: i32, msg: &[u8]) -> Vec<u8> {
     message(1, method, seqid, 11, 1, msg)
@@ -54,14 +52,7 @@ pub fn seqid(body: &[u8]) -> Option<i32> {
 /// Starts a server that answers every call with a REPLY carrying the call's argument as the
 /// result string; returns its port. Threads end when their connection closes.
 pub fn start_echo_server() -> u16 {
-    let listener = workspace::listener();
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(conn));
-        }
-    });
-    port
+    crate::load::start_server(serve)
 }
 
 fn serve(mut conn: TcpStream) {

@@ -146,6 +146,24 @@ fn envoy_refuses_a_bad_native_configuration_and_names_the_field() {
     );
 }
 
+/// `envoy --mode validate` accepts the configuration at `path`, with the dynamic modules on
+/// Envoy's search path.
+fn assert_envoy_validates(path: &Path) {
+    let out = Command::new(envoy_binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(path)
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", workspace::native_dir())
+        .output()
+        .expect("run envoy --mode validate");
+    assert!(
+        out.status.success(),
+        "{} rejected:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every engine's rendering of a two-destination bridge passes `envoy --mode validate` with
 /// the dynamic modules on Envoy's search path.
 #[test]
@@ -161,19 +179,7 @@ fn native_and_mixed_configurations_pass_envoy_validate() {
         }
         let path = dir.join(format!("{}.json", engine.name()));
         std::fs::write(&path, &config).expect("write");
-        let out = Command::new(envoy_binary())
-            .args(["--mode", "validate", "-c"])
-            .arg(&path)
-            .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", workspace::native_dir())
-            .output()
-            .expect("run envoy --mode validate");
-        assert!(
-            out.status.success(),
-            "{} configuration rejected:\n{}{}",
-            engine.name(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_envoy_validates(&path);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -214,4 +220,52 @@ fn the_module_manifest_matches_the_built_files() {
             other => panic!("unknown build {other:?}"),
         }
     }
+}
+
+/// The benchmark's anchors are valid Envoy configurations, and its HCM floor really is
+/// HTTP through HCM's router to the server: every echoed call is a 2xx of the floor's HCM and
+/// an upstream request of its cluster, on the client's one kept-alive connection.
+#[test]
+fn the_benchmark_anchors_pass_envoy_validate_and_the_hcm_floor_routes_http() {
+    let dir = std::env::temp_dir().join(format!("meltemi-bench-configs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let vars = |server: u16| {
+        [
+            ("ADMIN_PORT", workspace::free_port().to_string()),
+            ("LISTEN_PORT", workspace::free_port().to_string()),
+            ("SERVER_PORT", server.to_string()),
+        ]
+    };
+    let configs = workspace::root().join("tests/e2e/configs");
+    let mut validated = 0;
+    for entry in std::fs::read_dir(&configs).expect("tests/e2e/configs") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let rendered = dir.join(path.file_name().expect("name"));
+        std::fs::write(&rendered, workspace::render(&text, &vars(9))).expect("write");
+        assert_envoy_validates(&rendered);
+        validated += 1;
+    }
+    assert!(validated >= 5, "only {validated} benchmark configurations");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let server = meltemi_e2e::http_load::start_echo_server();
+    let [admin, listen, upstream] = vars(server);
+    let text = std::fs::read_to_string(configs.join("hcm_floor.yaml")).expect("hcm_floor.yaml");
+    let admin_port: u16 = admin.1.parse().expect("port");
+    let envoy = Envoy::start(
+        "bench-hcm-floor",
+        &workspace::render(&text, &[admin, listen.clone(), upstream]),
+        admin_port,
+    );
+    let mut client = meltemi_e2e::http_load::Client::connect(listen.1.parse().expect("port"));
+    for i in 0..100u32 {
+        let body = format!("call {i}");
+        let request = meltemi_e2e::http_load::request("echo", "/echo/echo", body.as_bytes());
+        let (status, echoed) = client.call(&request).expect("answer");
+        assert_eq!((status, echoed), (200, body.into_bytes()), "call {i}");
+    }
+    assert_eq!(envoy.stat("http.hcm_floor.downstream_rq_2xx"), 100);
+    assert_eq!(envoy.stat("cluster.server.upstream_rq_total"), 100);
+    assert_eq!(envoy.stat("http.hcm_floor.downstream_cx_total"), 1);
 }

@@ -564,6 +564,76 @@ fn dubbo_timeout_and_faults(engine: Engine) {
     );
 }
 
+/// Calls of [`thrift_fault_percentage`] and the share of them the policy aborts.
+const FRACTION_CALLS: usize = 300;
+const ABORT_PERCENT: usize = 30;
+
+/// A fault on a fraction of calls aborts that fraction: `add` aborted at 30 %, 300 calls on
+/// one connection. The client's count of aborted answers lies within five standard
+/// deviations of 90 (60..=120; a binomial(300, 0.3) falls outside with probability ~10⁻⁶),
+/// equals Envoy's `aborts_injected`, and every other call is answered by the server.
+fn thrift_fault_percentage(engine: Engine) {
+    if !Proto::Thrift.available() {
+        return;
+    }
+    let server = ThriftServer::start("v1", 1500);
+    let port = free_port();
+    let policy = format!(
+        "apiVersion: meltemi.io/v1alpha1
+kind: MetaTrafficPolicy
+metadata: {{name: some, namespace: meta}}
+spec:
+  hosts: [{HOST}]
+  routes: [add]
+  fault: {{abort: {{percentage: {{value: {ABORT_PERCENT}}}, errorKind: unavailable}}}}
+"
+    );
+    let (_cp, envoy) = start(
+        "fraction",
+        engine,
+        Proto::Thrift,
+        port,
+        &[
+            (
+                "service.yaml",
+                service(Proto::Thrift, port, &[server.port], ""),
+            ),
+            ("router.yaml", router("", &["add"])),
+            ("policy.yaml", policy),
+        ],
+    );
+    let calls = vec!["add:1:2"; FRACTION_CALLS];
+    let answers = thrift_calls(port, &calls);
+    let mut aborted = 0u64;
+    for (i, (answer, _)) in answers.iter().enumerate() {
+        match answer {
+            Answer::Ok(v) => assert_eq!(v, "3", "call {i}"),
+            Answer::Err(t, m) if *t == T_INTERNAL && m.contains("503: fault filter abort") => {
+                aborted += 1
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    let mean = (FRACTION_CALLS * ABORT_PERCENT / 100) as u64;
+    assert!(
+        (mean - 30..=mean + 30).contains(&aborted),
+        "{aborted} of {FRACTION_CALLS} calls aborted at {ABORT_PERCENT} %"
+    );
+    let p = format!("http.meltemi_thrift_{port}.fault.aborts_injected");
+    assert_eq!(wait_stat(&envoy, &p, aborted), aborted, "{p}");
+    let answered = FRACTION_CALLS as u64 - aborted;
+    let upstream = format!("cluster.{}.upstream_rq_total", route_cluster(port));
+    assert_eq!(
+        wait_stat(&envoy, &upstream, answered),
+        answered,
+        "{upstream}"
+    );
+    eprintln!(
+        "thrift {}: {aborted} of {FRACTION_CALLS} aborted at {ABORT_PERCENT} %",
+        engine.name()
+    );
+}
+
 /// The sofa-rpc-node provider whose `slow` method answers after `ms`.
 struct SlowSofa(Provider);
 
@@ -1096,6 +1166,7 @@ meltemi_e2e::on_every_engine!(
     thrift_local_rate_limit,
     dubbo_timeout_and_faults,
     thrift_timeout_and_faults,
+    thrift_fault_percentage,
     dubbo_circuit_breaking,
     thrift_circuit_breaking,
     dubbo_max_requests_per_connection,

@@ -1,9 +1,14 @@
 //! Paired benchmarks on real Envoy 1.40 (`--concurrency 1` each), one command for the table in
 //! `docs/benchmarks.md`:
-//! - Thrift framed/binary: `tcp_proxy`, native `thrift_proxy`, the wasm bridge, wasm front +
-//!   native back (mix), the native build;
-//! - Dubbo2: `tcp_proxy`, native `dubbo_proxy`, `generic_proxy` (dubbo codec), the same three
-//!   Meltemi builds.
+//! - Thrift framed/binary: `tcp_proxy`, native `thrift_proxy`, the HCM floor, the wasm bridge,
+//!   wasm front + native back (mix), the native build;
+//! - Dubbo2: `tcp_proxy`, native `dubbo_proxy`, `generic_proxy` (dubbo codec), the HCM floor,
+//!   the same three Meltemi builds.
+//!
+//! The HCM floor is Envoy's HTTP connection manager and router with no module (an HTTP/1.1
+//! client and server exchanging the protocol's frame as bodies): the part of every Meltemi
+//! path's cost that is Envoy's HTTP stack, so a ratio target can be read against what the
+//! machine at hand allows.
 //!
 //! Every path's Envoy runs for the whole benchmark; each round measures the native proxy and
 //! then each other path right after it with the same client shape, so a path's ratio to the
@@ -29,7 +34,7 @@ use std::time::Duration;
 use meltemi_e2e::bootstrap::{method_route, Bridge, Destination, Engine};
 use meltemi_e2e::envoy::{envoy_binary, Envoy};
 use meltemi_e2e::load::{self, Measurement};
-use meltemi_e2e::{dubbo_load, thrift_load, workspace};
+use meltemi_e2e::{dubbo_load, http_load, thrift_load, workspace};
 use serde_json::json;
 
 struct Args {
@@ -73,11 +78,55 @@ impl Args {
     }
 }
 
+/// Label of the HCM floor path: what any bridge through HCM pays before its own work.
+const HCM_FLOOR: &str = "HCM floor: HTTP/1.1 client → HCM router → HTTP/1.1 server, no module";
+
 /// One way through Envoy, running for the whole benchmark.
 struct Route {
     label: &'static str,
     envoy: Envoy,
     port: u16,
+    /// Driven by HTTP/1.1 clients (the HCM floor) instead of the protocol's own.
+    http: bool,
+}
+
+/// A route through the Envoy of `template` (in `tests/e2e/configs`), driven by the protocol's
+/// clients.
+fn anchor(label: &'static str, template: &str, name: &str, server: u16) -> Route {
+    let (envoy, port) = envoy_from(template, name, server);
+    Route {
+        label,
+        envoy,
+        port,
+        http: false,
+    }
+}
+
+/// The HCM floor path, in front of its own HTTP/1.1 echo server. Its clients send the
+/// protocol's call frame as the request body, so the same bytes cross Envoy each way.
+fn hcm_floor() -> Route {
+    let (envoy, port) = envoy_from(
+        "hcm_floor.yaml",
+        "bench-hcm-floor",
+        http_load::start_echo_server(),
+    );
+    Route {
+        label: HCM_FLOOR,
+        envoy,
+        port,
+        http: true,
+    }
+}
+
+/// A client of the HCM floor sending `frame` as the body of each request, checking the echo.
+fn http_echo_client(port: u16, frame: &[u8]) -> Box<dyn FnMut(u64) -> bool> {
+    let mut c = http_load::Client::connect(port);
+    let request = http_load::request("echo", "/echo/echo", frame);
+    let frame = frame.to_vec();
+    Box::new(move |_| {
+        c.call(&request)
+            .is_ok_and(|(status, body)| status == 200 && body == frame)
+    })
 }
 
 fn envoy_from(template: &str, name: &str, server: u16) -> (Envoy, u16) {
@@ -150,7 +199,12 @@ fn meltemi_routes(codec: Codec<'_>, server: u16) -> Vec<Route> {
             &config,
             admin,
         );
-        Route { label, envoy, port }
+        Route {
+            label,
+            envoy,
+            port,
+            http: false,
+        }
     })
     .collect()
 }
@@ -184,11 +238,11 @@ fn spread(v: &[f64]) -> (f64, f64) {
 /// Paired rounds over `routes` (the first is the native proxy every other one is paired with).
 fn bench<F, C>(args: &Args, routes: &[Route], connect: F) -> Vec<Row>
 where
-    F: Fn(u16) -> C + Sync,
+    F: Fn(&Route) -> C + Sync,
     C: FnMut(u64) -> bool,
 {
     let measure = |r: &Route, requests: u64, interval: Option<Duration>| {
-        let connect = || connect(r.port);
+        let connect = || connect(r);
         // Warm-up: pools, V8 tiering, the server's threads.
         load::run(r.envoy.pid(), args.connections, requests / 10 + 1, connect);
         load::run_paced(r.envoy.pid(), args.connections, requests, interval, connect)
@@ -310,17 +364,20 @@ fn table(out: &mut String, title: &str, baseline: &str, rows: &[Row], args: &Arg
     }
 }
 
-fn thrift(args: &Args, out: &mut String) -> f64 {
+/// The Thrift table; returns the native build's and the HCM floor's median ratios.
+fn thrift(args: &Args, out: &mut String) -> (f64, f64) {
     let frame = thrift_load::call_frame("echo", 7, &[b'x'; 128]);
     let server = thrift_load::start_echo_server();
-    let mut routes = Vec::new();
-    for (label, template) in [
-        ("native thrift_proxy", "thrift_proxy.yaml"),
-        ("tcp_proxy", "tcp_proxy.yaml"),
-    ] {
-        let (envoy, port) = envoy_from(template, "bench-thrift", server);
-        routes.push(Route { label, envoy, port });
-    }
+    let mut routes = vec![
+        anchor(
+            "native thrift_proxy",
+            "thrift_proxy.yaml",
+            "bench-thrift",
+            server,
+        ),
+        anchor("tcp_proxy", "tcp_proxy.yaml", "bench-thrift", server),
+    ];
+    routes.push(hcm_floor());
     let codec = json!({"codec": {"transport": "framed", "protocol": "binary"}});
     let mut front = codec.clone();
     front["service"] = json!("echo");
@@ -337,10 +394,13 @@ fn thrift(args: &Args, out: &mut String) -> f64 {
         },
         server,
     ));
-    let rows = bench(args, &routes, |port| {
-        let mut c = thrift_load::Client::connect(port);
+    let rows = bench(args, &routes, |route| -> Box<dyn FnMut(u64) -> bool> {
+        if route.http {
+            return http_echo_client(route.port, &frame);
+        }
+        let mut c = thrift_load::Client::connect(route.port);
         let frame = frame.clone();
-        move |_| c.call(&frame).ok().and_then(|b| thrift_load::seqid(&b)) == Some(7)
+        Box::new(move |_| c.call(&frame).ok().and_then(|b| thrift_load::seqid(&b)) == Some(7))
     });
     table(
         out,
@@ -349,12 +409,11 @@ fn thrift(args: &Args, out: &mut String) -> f64 {
         &rows,
         args,
     );
-    rows.iter()
-        .find(|r| r.label == "meltemi native")
-        .map_or(f64::NAN, |r| median(&r.ratio))
+    (ratio(&rows, "meltemi native"), ratio(&rows, HCM_FLOOR))
 }
 
-fn dubbo(args: &Args, out: &mut String) -> f64 {
+/// The Dubbo table; returns the native build's and the HCM floor's median ratios.
+fn dubbo(args: &Args, out: &mut String) -> (f64, f64) {
     let server = dubbo_load::start_echo_provider();
     let mut routes = Vec::new();
     for (label, template) in [
@@ -362,9 +421,9 @@ fn dubbo(args: &Args, out: &mut String) -> f64 {
         ("tcp_proxy", "tcp_proxy.yaml"),
         ("generic_proxy (dubbo codec)", "generic_proxy_dubbo.yaml"),
     ] {
-        let (envoy, port) = envoy_from(template, "bench-dubbo", server);
-        routes.push(Route { label, envoy, port });
+        routes.push(anchor(label, template, "bench-dubbo", server));
     }
+    routes.push(hcm_floor());
     let iface = "org.meltemi.demo.EchoService";
     let front = json!({"known_services": [iface], "known_methods": ["echo"]});
     routes.extend(meltemi_routes(
@@ -379,15 +438,18 @@ fn dubbo(args: &Args, out: &mut String) -> f64 {
         },
         server,
     ));
-    let rows = bench(args, &routes, |port| {
-        let mut c = dubbo_load::Client::connect(port);
-        move |i: u64| {
+    let rows = bench(args, &routes, |route| -> Box<dyn FnMut(u64) -> bool> {
+        if route.http {
+            return http_echo_client(route.port, &dubbo_load::echo_request(1));
+        }
+        let mut c = dubbo_load::Client::connect(route.port);
+        Box::new(move |i: u64| {
             let id = i + 1;
             c.call(&dubbo_load::echo_request(id))
                 .map(|f| dubbo_load::request_id(&f))
                 .ok()
                 == Some(id)
-        }
+        })
     });
     table(
         out,
@@ -396,8 +458,13 @@ fn dubbo(args: &Args, out: &mut String) -> f64 {
         &rows,
         args,
     );
+    (ratio(&rows, "meltemi native"), ratio(&rows, HCM_FLOOR))
+}
+
+/// The median ratio of the path labelled `label`.
+fn ratio(rows: &[Row], label: &str) -> f64 {
     rows.iter()
-        .find(|r| r.label == "meltemi native")
+        .find(|r| r.label == label)
         .map_or(f64::NAN, |r| median(&r.ratio))
 }
 
@@ -409,8 +476,7 @@ fn in_flight(args: &Args, out: &mut String) {
         ("native dubbo_proxy", "dubbo_proxy.yaml"),
         ("tcp_proxy", "tcp_proxy.yaml"),
     ] {
-        let (envoy, port) = envoy_from(template, "bench-inflight", server);
-        routes.push(Route { label, envoy, port });
+        routes.push(anchor(label, template, "bench-inflight", server));
     }
     let iface = "org.meltemi.demo.EchoService";
     for (hcm, labels) in [
@@ -531,22 +597,22 @@ fn main() {
     );
     let protocols =
         std::env::var("MELTEMI_BENCH_PROTOCOLS").unwrap_or_else(|_| "thrift,dubbo,inflight".into());
-    let thrift = if protocols.contains("thrift") {
+    let (thrift, floor) = if protocols.contains("thrift") {
         thrift(&args, &mut out)
     } else {
-        f64::NAN
+        (f64::NAN, f64::NAN)
     };
-    let dubbo = if protocols.contains("dubbo") {
+    let (dubbo, dubbo_floor) = if protocols.contains("dubbo") {
         dubbo(&args, &mut out)
     } else {
-        f64::NAN
+        (f64::NAN, f64::NAN)
     };
     if args.inflight > 0 && protocols.contains("inflight") {
         in_flight(&args, &mut out);
     }
     let _ = writeln!(
         out,
-        "\nTargets (issue 9): the native build ≤ 1.8× the native proxies' CPU per request — measured {thrift:.2}× (Thrift) and {dubbo:.2}× (Dubbo); wasm front + native back ≤ 2.4×: see the tables."
+        "\nTargets (issue 9): the native build ≤ 1.8× the native proxies' CPU per request — measured {thrift:.2}× (Thrift) and {dubbo:.2}× (Dubbo); wasm front + native back ≤ 2.4×: see the tables. Envoy's HCM and router alone (the HCM floor, no module) measured {floor:.2}× thrift_proxy and {dubbo_floor:.2}× dubbo_proxy in the same run: every bridge through HCM costs at least that."
     );
     print!("{out}");
     if let Some(path) = &args.out {
