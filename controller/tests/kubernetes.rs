@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -24,7 +23,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{Controller, BIN};
+use common::Controller;
 
 /// How long the controller gets to log what a test waits for.
 const WAIT: Duration = Duration::from_secs(30);
@@ -394,13 +393,7 @@ fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
 /// Envoy bootstrapped from the controller at `xds`, once it holds the routes of `port`;
 /// with the name of the RDS update counter.
 fn envoy_with_routes(name: &str, xds: u16, admin: u16, port: u16) -> (Envoy, String) {
-    let out = Command::new(BIN)
-        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds}")])
-        .args(["--admin-port", &admin.to_string()])
-        .output()
-        .expect("bootstrap");
-    assert!(out.status.success());
-    let envoy = Envoy::start(name, &String::from_utf8_lossy(&out.stdout), admin);
+    let envoy = Envoy::start(name, &common::bootstrap(xds, admin), admin);
     let rds = format!("http.meltemi_minirpc_{port}.rds.meltemi_{port}.update_success");
     let deadline = Instant::now() + Duration::from_secs(30);
     while envoy.stat(&rds) < 1 {

@@ -25,7 +25,7 @@ use meltemi_e2e::workspace::{build_wasm, free_port, listener};
 
 mod common;
 
-use common::{Controller, BIN};
+use common::Controller;
 
 /// How many route changes are timed.
 const CHANGES: usize = 10;
@@ -227,15 +227,10 @@ fn one_change_among_a_thousand_services_reaches_envoy() {
     let ctl = Controller::start(command, log, Duration::from_secs(120));
     let full = logged_ms(&ctl.text(), "configuration loaded").unwrap_or(f64::NAN);
 
-    let out = Command::new(BIN)
-        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds}")])
-        .args(["--admin-port", &admin.to_string()])
-        .output()
-        .expect("bootstrap");
-    assert!(out.status.success());
+    let bootstrap = common::bootstrap(xds, admin);
     drop(held);
     let started = Instant::now();
-    let mut envoy = Envoy::start(&dir, &String::from_utf8_lossy(&out.stdout), admin);
+    let mut envoy = Envoy::start(&dir, &bootstrap, admin);
     // The measured services: spread over the set.
     let measured: Vec<usize> = (0..CHANGES).map(|c| c * n / CHANGES).collect();
     let deadline = Instant::now() + Duration::from_secs(300);

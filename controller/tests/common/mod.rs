@@ -83,3 +83,9 @@ fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(200)..].join("\n")
 }
+
+/// `meltemi-controller bootstrap` for an Envoy with admin on `admin` fetching everything over
+/// ADS from the controller at 127.0.0.1:`xds`: the bootstrap's text.
+pub fn bootstrap(xds: u16, admin: u16) -> String {
+    meltemi_e2e::controlplane::bootstrap(BIN, xds, admin, &[])
+}

@@ -122,22 +122,7 @@ impl ControlPlane {
     /// The ADS bootstrap `meltemi-controller bootstrap` renders for an Envoy with its admin on
     /// `admin_port`, with `extra` bootstrap arguments.
     pub fn bootstrap(&self, admin_port: u16, extra: &[&str]) -> String {
-        let out = Command::new(build_controller())
-            .args([
-                "bootstrap",
-                "--xds",
-                &format!("127.0.0.1:{}", self.xds_port),
-            ])
-            .args(["--admin-port", &admin_port.to_string()])
-            .args(extra)
-            .output()
-            .expect("run meltemi-controller bootstrap");
-        assert!(
-            out.status.success(),
-            "bootstrap failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        bootstrap(build_controller(), self.xds_port, admin_port, extra)
     }
 
     /// Starts a real Envoy bootstrapped from this control plane (one worker).
@@ -149,6 +134,29 @@ impl ControlPlane {
             admin,
         )
     }
+}
+
+/// What `controller` (the `meltemi-controller` binary) renders with `bootstrap` for an Envoy
+/// with its admin on `admin_port` fetching everything over ADS from 127.0.0.1:`xds_port`,
+/// with `extra` arguments.
+pub fn bootstrap(
+    controller: impl AsRef<std::ffi::OsStr>,
+    xds_port: u16,
+    admin_port: u16,
+    extra: &[&str],
+) -> String {
+    let out = Command::new(controller)
+        .args(["bootstrap", "--xds", &format!("127.0.0.1:{xds_port}")])
+        .args(["--admin-port", &admin_port.to_string()])
+        .args(extra)
+        .output()
+        .expect("run meltemi-controller bootstrap");
+    assert!(
+        out.status.success(),
+        "bootstrap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits until `envoy` accepted a route configuration for the front listener of `protocol` on
