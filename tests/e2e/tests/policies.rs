@@ -792,8 +792,13 @@ fn dubbo_retry_on_connect_failure(engine: Engine) {
         "cluster.{}.upstream_rq_retry",
         route_cluster(port)
     ));
+    // The two-way call may itself be retried up to the policy's `attempts` (3): the first
+    // phase counted up to 9 retries for 10 calls, so one call can take more than one (CI saw
+    // 9 → 11 once with the old bound of one). One-way calls sent to the dead endpoint would
+    // add one retry each on top (about 3 of the 6 go there), and the delivered count below
+    // would reach 6.
     assert!(
-        after <= retries + 1,
+        after <= retries + 3,
         "one-way calls retried: {retries} → {after}"
     );
     let delivered = provider.log().matches("notify(ow").count();
