@@ -1,13 +1,20 @@
-//! Host-level load balancing for the wasm back (consistent hash pinning ONE server host).
+//! Host-level load balancing for the wasm back: the router picks the server host per call.
 //!
 //! The wasm back runs on an internal listener behind the cluster routes name, so the router's
-//! load balancer only ever sees that one internal address: a `hash_policy` would pick the hop,
-//! and the back's tcp_proxy would then round-robin over the servers, which is not a consistent
-//! hash at all. For destinations whose DestinationRule asks for `consistentHash`, the hop is
-//! therefore made per host instead: the route's cluster has one internal endpoint per server
-//! host (its own back listener `…|<ip>:<port>`, whose tcp_proxy forwards to a one-host server
-//! cluster), with Envoy's `RING_HASH` load balancer, so the router's own hash picks the server.
-//! Destinations without a consistent hash keep the single hop (fewer listeners).
+//! load balancer only ever sees that one internal address, and the back's tcp_proxy picks a
+//! server once per bridge connection. That is enough for plain round robin, but not for what
+//! must choose or judge a host per call:
+//! - a consistent hash (`hash_policy` would pick the hop, not the server);
+//! - retries (a retry with `previous_hosts` must land on another server, and a server that
+//!   refuses connections must be tried at all — pooled bridge connections stick to live ones);
+//! - outlier detection (the router's per-call results must be charged to the server host that
+//!   gave them, and ejecting it must steer the next calls).
+//!
+//! For such destinations the hop is therefore made per host: the route's cluster has one
+//! internal endpoint per server host (its own back listener `…|<ip>:<port>`, whose tcp_proxy
+//! forwards to a one-host server cluster), and takes the load balancer and the outlier
+//! detection the server cluster would have had, so the router's own choice and ejection apply
+//! to servers. Other destinations keep the single hop (fewer listeners).
 
 use serde_json::{json, Value};
 
@@ -40,8 +47,9 @@ fn host_of(lb_endpoint: &Value) -> Option<String> {
 
 /// Per-host hop for the destination whose route cluster is `cluster`: `back` and `server` are
 /// the single-hop names (suffixed here with `|<ip>:<port>`), `server_template` the server
-/// cluster as the single hop would have it (policy, circuit breakers, outlier detection),
-/// `bridge_limits` the HTTP hop's circuit breakers, `lb_endpoints` the subset's servers.
+/// cluster as the single hop would have it (policy, circuit breakers, outlier detection: its
+/// load balancer and outlier detection move to the route's cluster), `bridge_limits` the HTTP
+/// hop's circuit breakers, `lb_endpoints` the subset's servers.
 #[allow(clippy::too_many_arguments)]
 pub fn per_host(
     build: Build,
@@ -56,15 +64,18 @@ pub fn per_host(
 ) -> PerHost {
     let mut out = PerHost::default();
     let mut hops = Vec::new();
+    // What chooses and judges hosts moves to the route's cluster, whose endpoints are hosts.
+    let mut server_template = server_template.clone();
+    let (lb_policy, outlier) = match server_template.as_object_mut() {
+        Some(o) => (o.remove("lb_policy"), o.remove("outlier_detection")),
+        None => (None, None),
+    };
     for e in lb_endpoints {
         let Some(host) = host_of(e) else { continue };
         let (back, server) = (format!("{back}|{host}"), format!("{server}|{host}"));
         let mut c = server_template.clone();
+        // One host: nothing to balance or eject; the route's cluster did both.
         c["name"] = json!(server);
-        // One host: nothing to balance; the choice was made by the route's cluster.
-        if let Some(o) = c.as_object_mut() {
-            o.remove("lb_policy");
-        }
         let mut one = e.clone();
         if let Some(o) = one.as_object_mut() {
             o.remove("load_balancing_weight");
@@ -85,7 +96,12 @@ pub fn per_host(
         hops.push(hop);
     }
     let mut bridge = template::bridge_cluster(build, cluster, "");
-    bridge["lb_policy"] = json!(HASH_LB);
+    if let Some(lb) = lb_policy {
+        bridge["lb_policy"] = lb;
+    }
+    if let Some(od) = outlier {
+        bridge["outlier_detection"] = od;
+    }
     bridge["load_assignment"] = if hops.is_empty() {
         json!({"cluster_name": cluster})
     } else {
@@ -233,5 +249,76 @@ spec:
         assert!(after
             .listeners
             .contains_key("meltemi_back|9000|v2|echo|127.0.0.1:9203"));
+    }
+
+    /// The hops of `cluster`: their back listener names.
+    fn hop_names(r: &crate::translate::Resources, cluster: &str) -> Vec<String> {
+        r.clusters[cluster]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| {
+                h["endpoint"]["address"]["envoy_internal_address"]["server_listener_name"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wasm_outlier_detection_judges_hosts_on_the_routes_cluster() {
+        let text = HASHED.replacen(
+            "  host: echo\n  subsets:\n",
+            "  host: echo\n  trafficPolicy:\n    outlierDetection: {consecutiveGatewayErrors: 2, interval: 1s}\n    loadBalancer: {simple: LEAST_REQUEST}\n  subsets:\n",
+            1,
+        );
+        assert_ne!(text, HASHED);
+        let r = translate(&inputs(&text), &options()).unwrap();
+        // The default destination (three servers): one hop per host.
+        assert_eq!(
+            hop_names(&r, "outbound|9000||echo"),
+            [
+                "meltemi_back|9000||echo|127.0.0.1:9101",
+                "meltemi_back|9000||echo|127.0.0.1:9201",
+                "meltemi_back|9000||echo|127.0.0.1:9202"
+            ]
+        );
+        let c = &r.clusters["outbound|9000||echo"];
+        assert_eq!(c["outlier_detection"]["consecutive_gateway_failure"], 2);
+        assert_eq!(c["lb_policy"], "LEAST_REQUEST");
+        let server = &r.clusters["meltemi_server|9000||echo|127.0.0.1:9201"];
+        assert!(server.get("outlier_detection").is_none(), "{server}");
+        assert!(server.get("lb_policy").is_none(), "{server}");
+        // The hashed subset keeps its ring hash, and gets the rule's outlier detection too.
+        let v2 = &r.clusters["outbound|9000|v2|echo"];
+        assert_eq!(v2["lb_policy"], "RING_HASH");
+        assert_eq!(v2["outlier_detection"]["consecutive_gateway_failure"], 2);
+        assert!(!r.listeners.contains_key("meltemi_back|9000||echo"));
+        crate::xds::Snapshot::new(&r, std::time::Instant::now()).unwrap();
+    }
+
+    #[test]
+    fn wasm_retries_get_one_hop_per_host_with_round_robin() {
+        let text = format!(
+            "{HASHED}---
+apiVersion: meltemi.io/v1alpha1
+kind: MetaTrafficPolicy
+metadata: {{name: retries, namespace: meta}}
+spec:
+  hosts: [echo]
+  retries: {{attempts: 2, retryOn: [connect-failure, reset]}}
+"
+        );
+        let r = translate(&inputs(&text), &options()).unwrap();
+        assert_eq!(
+            hop_names(&r, "outbound|9000|v1|echo"),
+            ["meltemi_back|9000|v1|echo|127.0.0.1:9101"]
+        );
+        let c = &r.clusters["outbound|9000||echo"];
+        assert!(c.get("lb_policy").is_none(), "round robin: {c}");
+        assert_eq!(hop_names(&r, "outbound|9000||echo").len(), 3);
+        // Without retries, outlier detection or a hash: the single hop.
+        let r = translate(&inputs(HASHED), &options()).unwrap();
+        assert!(r.listeners.contains_key("meltemi_back|9000||echo"));
     }
 }

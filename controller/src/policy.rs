@@ -982,13 +982,10 @@ spec: {hosts: [demo]}
         }
     }
 
-    /// The v1 server cluster (one per host when the subset hashes: `hostlb`).
-    fn server_v1(r: &crate::translate::Resources) -> &serde_json::Value {
-        r.clusters
-            .iter()
-            .find(|(k, _)| k.starts_with("meltemi_server|9000|v1|demo"))
-            .map(|(_, v)| &**v)
-            .unwrap()
+    /// The v1 route's cluster: with the wasm back its endpoints are one hop per server host
+    /// when the destination has outlier detection (`hostlb`), and it judges them.
+    fn route_v1(r: &crate::translate::Resources) -> &serde_json::Value {
+        &r.clusters["outbound|9000|v1|demo"]
     }
 
     #[test]
@@ -1028,7 +1025,7 @@ spec: {hosts: [demo]}
         // Istio: an unset consecutive5xxErrors disables Envoy's default 5xx detector.
         o.build = crate::template::Build::Wasm;
         let r = translate(&inputs(&text), &o).unwrap();
-        let od = &server_v1(&r)["outlier_detection"];
+        let od = &route_v1(&r)["outlier_detection"];
         assert_eq!(od["enforcing_consecutive_5xx"], 0);
         assert_eq!(od["consecutive_gateway_failure"], 3);
         let r = translate(
@@ -1036,7 +1033,7 @@ spec: {hosts: [demo]}
             &o,
         )
         .unwrap();
-        let od = &server_v1(&r)["outlier_detection"];
+        let od = &route_v1(&r)["outlier_detection"];
         assert_eq!(
             (
                 od["consecutive_5xx"].as_u64(),

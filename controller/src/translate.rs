@@ -702,6 +702,14 @@ struct EffectivePolicy<'a> {
 }
 
 impl EffectivePolicy<'_> {
+    /// Whether the wasm back needs one hop per server host (`hostlb`): a consistent hash,
+    /// outlier detection, or retries in a MetaTrafficPolicy naming the host.
+    fn host_level(&self, svc: &Service<'_>) -> bool {
+        self.hash_header().is_some()
+            || self.outlier.is_some()
+            || svc.policies.iter().any(|p| p.spec.retries.is_some())
+    }
+
     fn hash_header(&self) -> Option<String> {
         let key = self
             .lb?
@@ -825,8 +833,8 @@ fn destinations(
         {
             http_limits.insert("max_connections".into(), json!(max));
         }
-        if svc.target == Target::Envoy && eff.hash_header().is_some() {
-            // Consistent hash: the router must pick the server host (see `hostlb`).
+        if svc.target == Target::Envoy && eff.host_level(svc) {
+            // The router must pick (and judge) the server host per call (see `hostlb`).
             let limits = (!http_limits.is_empty()).then(|| Value::Object(http_limits));
             let hosts = crate::hostlb::per_host(
                 options.build,
@@ -1220,12 +1228,15 @@ spec:
             server["circuit_breakers"]["thresholds"][0]["max_connections"],
             10
         );
+        // Outlier detection judges the hosts where they are chosen: the route's cluster,
+        // whose endpoints are one hop per server host (`hostlb`).
+        assert!(server.get("outlier_detection").is_none(), "{server}");
+        let bridge = &r.clusters["outbound|9000|v1|demo"];
         assert_eq!(
-            server["outlier_detection"]["consecutive_gateway_failure"],
+            bridge["outlier_detection"]["consecutive_gateway_failure"],
             3
         );
-        assert_eq!(server["outlier_detection"]["interval"], "5s");
-        let bridge = &r.clusters["outbound|9000|v1|demo"];
+        assert_eq!(bridge["outlier_detection"]["interval"], "5s");
         assert_eq!(
             bridge["circuit_breakers"]["thresholds"][0]["max_pending_requests"],
             5

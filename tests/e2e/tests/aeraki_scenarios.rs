@@ -689,7 +689,18 @@ impl Deployment {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        assert_eq!(copies, N, "mirror server received {copies}/{N} copies");
+        assert_eq!(
+            copies,
+            N,
+            "mirror server received {copies}/{N} copies; Envoy's mirror stats:\n{}",
+            self.envoy
+                .admin_get("/stats")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("mirror") && !l.ends_with(": 0"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         eprintln!(
             "[{p:?}] mirroring: {N} calls, {copies} copies on the mirror, client saw v1 only"
         );

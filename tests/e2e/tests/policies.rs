@@ -136,15 +136,6 @@ fn route_cluster(port: u16) -> String {
     format!("outbound|{port}||{HOST}")
 }
 
-/// The cluster that connects to the servers: the route's cluster with the native back, the
-/// internal listener's tcp_proxy cluster with the wasm back.
-fn server_cluster(engine: Engine, port: u16) -> String {
-    match engine {
-        Engine::Wasm => format!("meltemi_server|{port}||{HOST}"),
-        _ => route_cluster(port),
-    }
-}
-
 /// Waits until `stat` reaches `want` (counters are flushed on their own schedule).
 fn wait_stat(envoy: &Envoy, stat: &str, want: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -863,12 +854,14 @@ fn outlier_scenario<F: FnMut(usize) -> Vec<bool>>(
     port: u16,
     mut calls: F,
 ) {
+    // The route's cluster judges the hosts on every engine: with the native back its
+    // endpoints are the servers; with the wasm back they are one hop per server (`hostlb`).
     let stat = format!(
         "cluster.{}.outlier_detection.ejections_enforced_total",
-        server_cluster(engine, port)
+        route_cluster(port)
     );
     // Round robin over the two hosts: 2 consecutive failures of the dead one take ≤ 4 calls
-    // (the wasm back's tcp_proxy and the native router both report refused connections).
+    // (the router counts a refused connection, or the wasm hop's reset, as a gateway error).
     let first = calls(6);
     let failed = first.iter().filter(|ok| !**ok).count();
     assert!(
@@ -1176,26 +1169,11 @@ meltemi_e2e::on_every_engine!(
     thrift_circuit_breaking,
     dubbo_max_requests_per_connection,
     thrift_max_requests_per_connection,
-);
-
-// Host-level scenarios need the router to pick the server host per call: true with the
-// native back (native and mix engines). The wasm back's bridge connections each carry one
-// tcp_proxy connection whose host is picked once and then reused for the following calls,
-// so which host a call reaches is decided per bridge connection, not per call, and a dead
-// host may never be tried (measured: the same scenario saw 0 or 1–3 failures from run to run).
-meltemi_e2e::on_engine!(
-    native_back,
-    Native,
+    // Host-level scenarios: the router picks and judges the server host per call. With the
+    // wasm back that takes one hop per server host, which the controller renders for
+    // destinations with retries or outlier detection (`controller/src/hostlb.rs`).
     dubbo_retry_on_connect_failure,
     thrift_retry_on_connect_failure,
     dubbo_outlier_detection,
-    thrift_outlier_detection
-);
-meltemi_e2e::on_engine!(
-    mix_back,
-    Mix,
-    dubbo_retry_on_connect_failure,
-    thrift_retry_on_connect_failure,
-    dubbo_outlier_detection,
-    thrift_outlier_detection
+    thrift_outlier_detection,
 );

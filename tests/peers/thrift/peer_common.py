@@ -5,6 +5,19 @@ one for the other and see the same answers; `--tag` makes `echo` say which serve
 """
 
 import argparse
+import sys
+import threading
+
+_log_lock = threading.Lock()
+
+
+def log_line(text):
+    """One whole stdout line from a threaded server: `print` writes the text and the newline
+    separately, so two handler threads could put two calls on one line (a test counting lines
+    then misses one)."""
+    with _log_lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def parse_args(role, transports=("buffered", "framed", "header")):

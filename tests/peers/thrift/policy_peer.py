@@ -24,7 +24,7 @@ from thrift.server import TServer  # noqa: E402
 from thrift.Thrift import TApplicationException  # noqa: E402
 from thrift.transport import TSocket, TTransport  # noqa: E402
 
-from peer_common import Handler  # noqa: E402
+from peer_common import Handler, log_line  # noqa: E402
 
 
 class SlowHandler(Handler):
@@ -39,15 +39,15 @@ class SlowHandler(Handler):
         self.slow_ms = slow_ms
 
     def echo(self, msg):
-        print(f"server {self.tag} <- echo({msg})", flush=True)
+        log_line(f"server {self.tag} <- echo({msg})")
         return super().echo(msg)
 
     def add(self, a, b):
-        print(f"server {self.tag} <- add", flush=True)
+        log_line(f"server {self.tag} <- add")
         return super().add(a, b)
 
     def ping(self):
-        print(f"server {self.tag} <- ping", flush=True)
+        log_line(f"server {self.tag} <- ping")
         time.sleep(self.slow_ms / 1000.0)
         return None
 

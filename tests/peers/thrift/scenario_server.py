@@ -16,7 +16,7 @@ from thrift.server import TServer  # noqa: E402
 from thrift.Thrift import TApplicationException  # noqa: E402
 from thrift.transport import THeaderTransport, TSocket, TTransport  # noqa: E402
 
-from peer_common import Handler, parse_args  # noqa: E402
+from peer_common import Handler, log_line, parse_args  # noqa: E402
 from py_server import CallContext  # noqa: E402
 
 
@@ -25,7 +25,7 @@ class SeenHandler(Handler):
         headers = ",".join(sorted(
             f"{k.decode() if isinstance(k, bytes) else k}={v.decode() if isinstance(v, bytes) else v}"
             for k, v in self.info_headers().items()))
-        print(f"SEEN {method} {arg} h={headers}", flush=True)
+        log_line(f"SEEN {method} {arg} h={headers}")
 
     def echo(self, msg):
         self.seen("echo", msg)
