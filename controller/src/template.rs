@@ -91,9 +91,20 @@ pub struct Module {
 }
 
 impl Module {
+    /// Whether the front speaks HTTP/2 to HCM: the controller's default, so that the calls of
+    /// one client connection are proxied concurrently; `--filter-config
+    /// P='{"hcm_protocol": "http1"}'` keeps HTTP/1.1 (one call at a time per connection).
+    pub fn hcm_http2(&self) -> bool {
+        self.config.get("hcm_protocol").and_then(Value::as_str) != Some("http1")
+    }
+
     /// The plugin configuration for `role`, with `service` for a front naming its host.
     fn plugin_config(&self, role: &str, service: Option<&str>) -> Value {
         let mut config = self.config.clone();
+        if role == "front" && self.hcm_http2() {
+            // The SDK's own default is HTTP/1.1 (hand-written configurations): say it.
+            config.insert("hcm_protocol".into(), json!("http2"));
+        }
         config.insert("role".into(), json!(role));
         if let Some(s) = service {
             config.insert("service".into(), json!(s));

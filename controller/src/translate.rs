@@ -659,8 +659,8 @@ pub(crate) fn front_listener(
         },
         "http_filters": template::http_filters()
     });
-    // The module's `"hcm_protocol": "http2"` makes the front speak h2c to HCM: HCM must too.
-    if module.config.get("hcm_protocol").and_then(Value::as_str) == Some("http2") {
+    // The front speaks h2c to HCM unless its configuration asks for HTTP/1.1: HCM must match.
+    if module.hcm_http2() {
         hcm["codec_type"] = json!("HTTP2");
         hcm["http2_protocol_options"] = template::http2_options();
     }
@@ -1249,7 +1249,10 @@ spec:
             .to_owned();
         // The wasm front admits metric labels as they come: no route methods in the listener,
         // so a route change never modifies it (the native build names them).
-        assert_eq!(front, r#"{"role":"front","service":"demo"}"#);
+        assert_eq!(
+            front,
+            r#"{"hcm_protocol":"http2","role":"front","service":"demo"}"#
+        );
     }
 
     #[test]
@@ -1301,7 +1304,10 @@ spec:
         let wasm = &r.listeners["127.0.0.1_20880"]["filter_chains"][0]["filters"][0]
             ["typed_config"]["config"];
         // Two hosts on the port: each message's `service` metadata (the interface) picks it.
-        assert_eq!(wasm["configuration"]["value"], r#"{"role":"front"}"#);
+        assert_eq!(
+            wasm["configuration"]["value"],
+            r#"{"hcm_protocol":"http2","role":"front"}"#
+        );
         assert_eq!(wasm["failure_policy"], "FAIL_OPEN");
         assert_eq!(
             wasm["vm_config"]["code"]["remote"]["sha256"],
@@ -1327,22 +1333,33 @@ spec:
     }
 
     #[test]
-    fn a_front_configured_for_http2_gets_an_http2_hcm() {
-        let hcm = |o: &Options| {
+    fn the_front_speaks_http2_to_hcm_unless_configured_for_http1() {
+        let listener = |o: &Options| {
             let r = translate(&inputs(DEMO), o).unwrap();
-            r.listeners["127.0.0.1_9000"]["filter_chains"][0]["filters"][1]["typed_config"].clone()
+            r.listeners["127.0.0.1_9000"]["filter_chains"][0]["filters"].clone()
+        };
+        let front_config = |filters: &Value| -> Value {
+            let c = &filters[0]["typed_config"]["config"]["configuration"]["value"];
+            serde_json::from_str(c.as_str().unwrap()).unwrap()
         };
         let mut o = options();
-        assert_eq!(hcm(&o)["codec_type"], "HTTP1");
-        if let Some(m) = o.modules.get_mut("minirpc") {
-            m.config.insert("hcm_protocol".into(), json!("http2"));
-        }
-        let h2 = hcm(&o);
+        let filters = listener(&o);
+        let h2 = &filters[1]["typed_config"];
         assert_eq!(h2["codec_type"], "HTTP2");
         assert_eq!(
             h2["http2_protocol_options"]["initial_stream_window_size"],
             16 << 20
         );
+        assert_eq!(front_config(&filters)["hcm_protocol"], "http2");
+        if let Some(m) = o.modules.get_mut("minirpc") {
+            m.config.insert("hcm_protocol".into(), json!("http1"));
+        }
+        let filters = listener(&o);
+        assert_eq!(filters[1]["typed_config"]["codec_type"], "HTTP1");
+        assert!(filters[1]["typed_config"]
+            .get("http2_protocol_options")
+            .is_none());
+        assert_eq!(front_config(&filters)["hcm_protocol"], "http1");
     }
 
     #[test]
@@ -1407,7 +1424,7 @@ spec:
                 assert_eq!(front["typed_config"]["filter_name"], "front");
                 assert_eq!(
                     front["typed_config"]["filter_config"]["value"],
-                    r#"{"known_methods":["sayHello"],"role":"front","service":"demo"}"#
+                    r#"{"known_methods":["sayHello"],"hcm_protocol":"http2","role":"front","service":"demo"}"#
                 );
             } else {
                 assert!(front["typed_config"]["config"]["vm_config"].is_object());
