@@ -6,8 +6,11 @@
 //! Each scenario asserts what the client got (answers, the protocol's error replies, how long
 //! a call took) and Envoy's own counters, on every engine (`wasm::`, `native::`, `mix::`).
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meltemi_e2e::bootstrap::Engine;
@@ -838,6 +841,189 @@ fn thrift_retry_on_connect_failure(engine: Engine) {
     );
 }
 
+/// A server that lets every connection deliver one call (until `needle`, the method name,
+/// has arrived) and then closes it unanswered: the call reached a server and was lost mid-call,
+/// which Envoy's router sees as an upstream reset, the case `retryOn: reset` exists for. It is
+/// the misbehaving server here; the real clients and the live server are third-party.
+struct ClosingServer {
+    port: u16,
+    swallowed: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClosingServer {
+    fn start(needle: &'static [u8]) -> ClosingServer {
+        let listener = meltemi_e2e::workspace::listener();
+        let port = listener.local_addr().expect("local addr").port();
+        let swallowed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, halt) = (swallowed.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        seen.extend_from_slice(&buf[..n]);
+                        if seen.windows(needle.len()).any(|w| w == needle) {
+                            count.fetch_add(1, Ordering::SeqCst);
+                            return; // dropped: closed with the call unanswered
+                        }
+                    }
+                });
+            }
+        });
+        ClosingServer {
+            port,
+            swallowed,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn swallowed(&self) -> usize {
+        self.swallowed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ClosingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept so the thread sees `stop`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The retry policy with `retry_on` as its conditions.
+fn retries_on(retry_on: &str) -> String {
+    RETRIES.replace("[connect-failure, reset]", retry_on)
+}
+
+/// Calls `calls(n)` twice while one of the two endpoints closes every call unanswered: first
+/// with `retryOn: [connect-failure]` (the lost calls fail with the protocol's error, proving
+/// they reached the closing server and that nothing else retries them), then, after a live
+/// policy change, with `[connect-failure, reset]`: every call answered, each lost call
+/// retried on the live host (Envoy's upstream_rq_retry counts at least one per lost call).
+/// `calls(port, n)` makes n calls on one connection to the front on `port` and returns per
+/// call whether it got the live server's answer.
+fn retry_on_reset_scenario(
+    engine: Engine,
+    proto: Proto,
+    live_port: u16,
+    mut calls: impl FnMut(u16, usize) -> Vec<bool>,
+) {
+    let closing = ClosingServer::start(b"echo");
+    let port = free_port();
+    let (cp, envoy) = start(
+        "retry-reset",
+        engine,
+        proto,
+        port,
+        &[
+            (
+                "service.yaml",
+                service(proto, port, &[closing.port, live_port], ""),
+            ),
+            ("policy.yaml", retries_on("[connect-failure]")),
+        ],
+    );
+    let retry_stat = format!("cluster.{}.upstream_rq_retry", route_cluster(port));
+    let first = calls(port, 10);
+    let failed = first.iter().filter(|ok| !**ok).count();
+    let lost = closing.swallowed();
+    assert!(
+        failed >= 1 && lost >= failed,
+        "without `reset`: {failed} failed, {lost} reached the closing server: {first:?}"
+    );
+    let retries = envoy.stat(&retry_stat);
+    cp.write("policy.yaml", &retries_on("[connect-failure, reset]"));
+    wait_for_routes(&envoy, proto.name(), port, 2);
+    let second = calls(port, 10);
+    assert!(second.iter().all(|ok| *ok), "with `reset`: {second:?}");
+    let lost_then = closing.swallowed() - lost;
+    let retried = wait_stat(&envoy, &retry_stat, retries + 1) - retries;
+    assert!(
+        lost_then >= 1 && retried >= lost_then as u64,
+        "with `reset`: {lost_then} calls lost mid-call, {retried} retries"
+    );
+    eprintln!(
+        "{} {}: without reset {failed}/10 failed; with reset 10/10 answered, {lost_then} lost mid-call and {retried} retried",
+        proto.name(),
+        engine.name()
+    );
+}
+
+fn dubbo_retry_on_reset(engine: Engine) {
+    if !Proto::Dubbo.available() {
+        return;
+    }
+    let provider = Provider::start(ProviderKind::Sofa, "v1");
+    retry_on_reset_scenario(engine, Proto::Dubbo, provider.port, |port, n| {
+        let calls: Vec<Call> = (0..n)
+            .map(|i| Call::new(ECHO, "echo", &format!("x{i}")))
+            .collect();
+        let run = run_consumer(
+            ConsumerKind::Java,
+            port,
+            &calls,
+            &[],
+            Duration::from_secs(60),
+        );
+        assert!(run.completed(), "{}", run.transcript());
+        run.outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Outcome::Ok(v) => {
+                    assert!(v.contains(&format!("v1:x{i}")), "call {i}: {v}");
+                    true
+                }
+                Outcome::Err(e) => {
+                    assert!(e.contains("status=70"), "call {i}: {e}");
+                    false
+                }
+                other => panic!("call {i}: {other:?}"),
+            })
+            .collect()
+    });
+}
+
+fn thrift_retry_on_reset(engine: Engine) {
+    if !Proto::Thrift.available() {
+        return;
+    }
+    let server = ThriftServer::start("v1", 0);
+    retry_on_reset_scenario(engine, Proto::Thrift, server.port, |port, n| {
+        let calls: Vec<String> = (0..n).map(|i| format!("echo:x{i}")).collect();
+        let calls: Vec<&str> = calls.iter().map(String::as_str).collect();
+        thrift_calls(port, &calls)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, _))| match a {
+                Answer::Ok(v) => {
+                    assert_eq!(v, format!("v1:x{i}"), "call {i}");
+                    true
+                }
+                Answer::Err(t, m) => {
+                    assert_eq!(t, T_INTERNAL, "call {i}: {m}");
+                    false
+                }
+                Answer::Missing => panic!("call {i} is missing"),
+            })
+            .collect()
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // 4. Outlier detection (DestinationRule.trafficPolicy.outlierDetection).
 
@@ -1174,6 +1360,8 @@ meltemi_e2e::on_every_engine!(
     // destinations with retries or outlier detection (`controller/src/hostlb.rs`).
     dubbo_retry_on_connect_failure,
     thrift_retry_on_connect_failure,
+    dubbo_retry_on_reset,
+    thrift_retry_on_reset,
     dubbo_outlier_detection,
     thrift_outlier_detection,
 );
