@@ -1,8 +1,8 @@
 //! The Kubernetes source: the same kinds as the directory source ([`KINDS`]: Aeraki's
 //! `ApplicationProtocol`, `MetaRouter` and `DubboAuthorizationPolicy`, Meltemi's
 //! `MetaTrafficPolicy`, `MetaAuthorizationPolicy` and `RateLimitConfig`, Istio's
-//! `ServiceEntry`, `DestinationRule`, `Gateway`, `Telemetry` and mesh ConfigMap, core
-//! `Service`), read from the API server with kube-rs's watcher (list, then watch; a relist
+//! `ServiceEntry`, `DestinationRule`, `WorkloadEntry`, `Gateway`, `Telemetry` and mesh
+//! ConfigMap, core `Service` and `Pod`), read from the API server with kube-rs's watcher (list, then watch; a relist
 //! when the watch expires or breaks, with backoff) and fed into the same [`Pipeline`]: the
 //! same loading, validation and translation, problems naming `Kind namespace/name` and the
 //! field. The client's configuration is kube's default: `$KUBECONFIG` or `~/.kube/config`,
@@ -130,7 +130,7 @@ impl Kind {
 /// 1.6 serves (`v1` only since 1.22), `Telemetry` at `v1alpha1` (1.12 on). Aeraki's routing
 /// kinds, `ServiceEntry`, `DestinationRule` and `Service` are required: without them there
 /// is nothing to serve, and a cluster that lacks them fails loudly (the watch's errors).
-pub const KINDS: [Kind; 13] = [
+pub const KINDS: [Kind; 15] = [
     Kind::new(
         "metaprotocol.aeraki.io",
         "v1alpha1",
@@ -164,6 +164,15 @@ pub const KINDS: [Kind; 13] = [
     )
     .required(),
     Kind::new("", "v1", "Service", "services", Scope::Watched).required(),
+    // What Services and ServiceEntries select (`crate::workloads`).
+    Kind::new("", "v1", "Pod", "pods", Scope::Watched),
+    Kind::new(
+        "networking.istio.io",
+        "v1beta1",
+        "WorkloadEntry",
+        "workloadentries",
+        Scope::Watched,
+    ),
     Kind::new(
         "dubbo.aeraki.io",
         "v1alpha1",
@@ -465,6 +474,7 @@ mod tests {
         });
         match kind.kind {
             "ConfigMap" => object["data"] = json!({"mesh": "{}"}),
+            "WorkloadEntry" => object["spec"] = json!({"address": "10.0.0.1"}),
             // A Service without a Meltemi port is skipped by design.
             "Service" => {
                 object["spec"] =

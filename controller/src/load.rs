@@ -295,6 +295,12 @@ fn load_document(source: Source, doc: Value, loaded: &mut Loaded) {
         ("v1", "ConfigMap") if meta.name == "istio" => {
             crate::telemetry::load_mesh(&doc, meta, source, &mut inputs.meshes, problems)
         }
+        ("v1", "Pod") => {
+            crate::workloads::load_pod(&doc, meta, source, &mut inputs.workloads, problems)
+        }
+        ("networking.istio.io", "WorkloadEntry") => {
+            crate::workloads::load_entry(&doc, meta, source, &mut inputs.workloads, problems)
+        }
         ("v1", "Service") => {
             let mut services = Vec::new();
             push::<KubeServiceSpec>(&mut services, &api, &kind, meta, spec, source, problems);

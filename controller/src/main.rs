@@ -17,6 +17,7 @@ mod telemetry;
 mod template;
 mod translate;
 mod validate;
+mod workloads;
 mod xds;
 
 use std::path::PathBuf;
@@ -528,10 +529,12 @@ fn check(dir: &std::path::Path, common: &Common) -> Result<ExitCode, String> {
     for s in &loaded.skipped {
         println!("skipped: {}: {}", s.source, s.what);
     }
-    for se in &loaded.inputs.service_entries {
+    let mut inputs = loaded.inputs.clone();
+    workloads::resolve(&mut inputs);
+    for se in &inputs.service_entries {
         if se.spec.endpoints.is_empty() && se.spec.workload_selector.is_some() {
             println!(
-                "note: {}: {}: endpoints come from a workload selector, which needs the Kubernetes source; from files the service has no endpoints",
+                "note: {}: {}: its workload selector picks no ready Pod or WorkloadEntry of its namespace, so it has no endpoints",
                 se.source,
                 se.id("ServiceEntry")
             );

@@ -236,6 +236,10 @@ pub struct ServicePort {
     /// Port on the endpoints (same as `number` when absent).
     #[serde(default)]
     pub target_port: Option<u32>,
+    /// A Kubernetes Service's named `targetPort`: looked up among each selected pod's
+    /// container ports (`crate::workloads`). ServiceEntries have none.
+    #[serde(skip)]
+    pub target_port_name: Option<String>,
 }
 
 /// A static ServiceEntry endpoint.
@@ -281,7 +285,7 @@ pub struct ServiceEntrySpec {
     /// Static endpoints.
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,
-    /// Selected workloads (needs the Kubernetes source; reported, not resolved, from files).
+    /// Selected workloads: Pods and WorkloadEntries of the namespace (`crate::workloads`).
     #[serde(default)]
     pub workload_selector: Option<WorkloadSelector>,
 }
@@ -424,7 +428,7 @@ pub struct KubeServicePort {
     /// Service port.
     #[serde(default)]
     pub port: u32,
-    /// Container port: a number or a named port (a name needs the Kubernetes source).
+    /// Container port: a number or a named port (looked up among the selected pods' ports).
     #[serde(default)]
     pub target_port: Option<serde_json::Value>,
     /// `TCP`.
@@ -433,8 +437,8 @@ pub struct KubeServicePort {
 }
 
 /// `Service.spec` (Kubernetes core v1), read as a ServiceEntry for
-/// `<name>.<namespace>.svc.cluster.local` without endpoints: from files the selector cannot
-/// be resolved.
+/// `<name>.<namespace>.svc.cluster.local` whose endpoints are the pods its selector picks
+/// (`crate::workloads`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeServiceSpec {
@@ -463,6 +467,11 @@ impl KubeServiceSpec {
                         .as_ref()
                         .and_then(|t| t.as_u64())
                         .and_then(|t| u32::try_from(t).ok()),
+                    target_port_name: p
+                        .target_port
+                        .as_ref()
+                        .and_then(|t| t.as_str())
+                        .map(str::to_owned),
                 })
                 .collect(),
             workload_selector: (!self.selector.is_empty()).then(|| WorkloadSelector {
@@ -506,6 +515,8 @@ pub struct Inputs {
     pub meshes: Vec<Shared<crate::telemetry::MeshConfig>>,
     /// Meltemi `RateLimitConfig`s: the limits of the controller's rate limit service.
     pub rate_limit_configs: Vec<Shared<crate::ratelimit::RateLimitConfigSpec>>,
+    /// `Pod`s and Istio `WorkloadEntry`s, the endpoints of services that select workloads.
+    pub workloads: Vec<Shared<crate::workloads::Workload>>,
 }
 
 /// The protocol of a Meltemi port name `tcp-metaprotocol-<protocol>[-…]`, if it is one.

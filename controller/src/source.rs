@@ -50,6 +50,7 @@ impl std::fmt::Display for Rejected {
 /// Loads, validates and translates `dir` once (`check`, `bootstrap`, `envoyfilter`).
 pub fn build(dir: &Path, options: &Options) -> Result<(Loaded, Resources), Rejected> {
     let mut loaded = load::load_dir(dir, options.namespace.as_deref()).map_err(Rejected::Fatal)?;
+    crate::workloads::resolve(&mut loaded.inputs);
     let mut problems = std::mem::take(&mut loaded.problems);
     problems.extend(crate::validate::validate(&loaded.inputs));
     if !problems.is_empty() {
@@ -330,9 +331,11 @@ impl Pipeline {
             inputs
                 .rate_limit_configs
                 .extend(i.rate_limit_configs.iter().cloned());
+            inputs.workloads.extend(i.workloads.iter().cloned());
             skipped.extend(f.loaded.skipped.iter().cloned());
             problems.extend(f.loaded.problems.iter().cloned());
         }
+        crate::workloads::resolve(&mut inputs);
         (inputs, skipped, problems)
     }
 

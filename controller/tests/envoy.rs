@@ -196,7 +196,7 @@ fn aeraki_shaped_thrift_and_dubbo_demos_are_accepted() {
         "127.0.0.1_9090",
         "thrift-sample-server.meta-thrift.svc.cluster.local:9090 (2 routes)",
         "outbound|9090|v2|thrift-sample-server.meta-thrift.svc.cluster.local",
-        "needs the Kubernetes source",
+        "picks no ready Pod or WorkloadEntry of its namespace",
     ] {
         assert!(text.contains(want), "missing {want:?}:\n{text}");
     }

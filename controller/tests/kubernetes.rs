@@ -64,6 +64,8 @@ fn plural(kind: &str) -> &'static str {
         "MetaAuthorizationPolicy" => "metaauthorizationpolicies",
         "Telemetry" => "telemetries",
         "ConfigMap" => "configmaps",
+        "Pod" => "pods",
+        "WorkloadEntry" => "workloadentries",
         other => panic!("no collection for {other}"),
     }
 }
@@ -546,6 +548,137 @@ fn kubernetes_source_drives_envoy_through_a_fake_api_server() {
         .map(|(_, o)| o.clone())
         .collect();
     assert!(failed.is_empty(), "failed calls: {failed:?}");
+    assert_eq!(
+        envoy.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total")),
+        1,
+        "one client connection throughout"
+    );
+    drop(envoy);
+    drop(ctl);
+}
+
+/// A pod of the Service `demo` (`app: demo`) at 127.0.0.1 whose container port `rpc` is
+/// `rpc`, ready or not.
+fn pod(name: &str, version: &str, rpc: u16, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "meta", "labels": {"app": "demo", "version": version}},
+        "spec": {"containers": [{"name": "server", "ports": [{"name": "rpc", "containerPort": rpc}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1",
+                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+/// One `echo` call: the answering server's tag, or `error` for a MiniRPC error reply.
+fn echo_once(client: &mut Client, id: &mut u64) -> String {
+    *id += 1;
+    let f = client.call(&minirpc_peer::request(*id, "echo", &[], b"x"));
+    assert_eq!(f.id, *id, "answer for another call");
+    let got = if f.kind == minirpc::kind::RESPONSE {
+        String::from_utf8_lossy(&f.payload)
+            .trim_end_matches(":x")
+            .to_owned()
+    } else {
+        "error".to_owned()
+    };
+    assert_ne!(got, "stray", "a pod the selector does not pick got a call");
+    got
+}
+
+/// Calls `echo` on `client` until the answer is `want` (`v1`, `v2`, or `error` for a
+/// MiniRPC error reply); panics after 10 s with the last answer, or at once when the pod
+/// the selector does not pick (`stray`) answers. Returns the calls made.
+fn until_answer(client: &mut Client, id: &mut u64, want: &str) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let got = echo_once(client, id);
+        if got == want {
+            return calls;
+        }
+        assert!(Instant::now() < deadline, "never `{want}`: last `{got}`");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A Kubernetes Service with no ServiceEntry: its endpoints are the ready pods its selector
+/// picks, at the container port its named `targetPort` gives, and DestinationRule subsets
+/// select on pod labels, as in Istio. A pod becoming ready, and a pod deleted (its process
+/// gone), move the endpoints on the same client connection; a pod that is not ready, or that the selector
+/// does not pick, never gets a call.
+#[test]
+fn a_services_endpoints_are_the_ready_pods_it_selects() {
+    let wasm = build_wasm("minirpc");
+    let (v1, v2, stray) = (
+        Server::start("v1"),
+        Server::start("v2"),
+        Server::start("stray"),
+    );
+    let (port, xds, admin) = (free_port(), free_port(), free_port());
+    let api = FakeApi::start();
+    api.apply(json!({
+        "apiVersion": "metaprotocol.aeraki.io/v1alpha1", "kind": "ApplicationProtocol",
+        "metadata": {"name": "minirpc"}, "spec": {"protocol": "minirpc", "codec": "meltemi.minirpc"}
+    }));
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"selector": {"app": "demo"},
+                 "ports": [{"name": "tcp-metaprotocol-minirpc-demo", "port": port, "targetPort": "rpc"}]}
+    }));
+    api.apply(json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "DestinationRule",
+        "metadata": {"name": "demo", "namespace": "meta"},
+        "spec": {"host": HOST, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+    api.apply(pod("demo-v1", "v1", v1.port, true));
+    api.apply(pod("demo-v2", "v2", v2.port, false));
+    // Labelled v2 but not the Service's: never selected.
+    let mut other = pod("web-v2", "v2", stray.port, true);
+    other["metadata"]["labels"]["app"] = json!("web");
+    api.apply(other);
+    api.apply(router(&[("v1", 100)], "demo", "meta", HOST));
+
+    let ctl = KubeController::start("pods", &api, &wasm, xds);
+    let (envoy, _) = envoy_with_routes("ctl-kube-pods", xds, admin, port);
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("/api/v1/namespaces/meta/pods")),
+        "{:?}",
+        api.requests()
+    );
+    let mut client = Client::connect(port);
+    let mut id = 0;
+    until_answer(&mut client, &mut id, "v1");
+    // Subset v2's only pod is not ready: no endpoint, the call gets the protocol's error.
+    api.apply(router(&[("v2", 100)], "demo", "meta", HOST));
+    until_answer(&mut client, &mut id, "error");
+    let t = Instant::now();
+    api.apply(pod("demo-v2", "v2", v2.port, true));
+    until_answer(&mut client, &mut id, "v2");
+    eprintln!(
+        "pod ready -> its first call: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    for _ in 0..20 {
+        until_answer(&mut client, &mut id, "v2");
+    }
+    // A deleted pod's process ends, closing its connections (Envoy keeps a removed host's
+    // open TCP connections, as Istio does): `crash` makes the v2 server close the one the
+    // bridge holds, as a dying pod would, until the next connection finds no endpoint.
+    api.delete("Pod", "meta", "demo-v2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        id += 1;
+        let f = client.call(&minirpc_peer::request(id, "crash", &[], b""));
+        assert_eq!(f.id, id, "answer for another call");
+        if echo_once(&mut client, &mut id) == "error" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deleted pod kept its calls");
+    }
     assert_eq!(
         envoy.stat(&format!("listener.127.0.0.1_{port}.downstream_cx_total")),
         1,
