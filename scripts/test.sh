@@ -12,4 +12,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy -p meltemi-sdk -p meltemi-thrift -p meltemi-dubbo -p minirpc --features meltemi-sdk/native --quiet -- -D warnings
 # One built set of modules (both kinds) that every suite then uses.
 bash scripts/build-modules.sh
-cargo test --workspace --no-fail-fast
+# `cargo test --workspace` builds the controller binary for its own integration tests; the
+# end-to-end suites use that one instead of building it again under other features
+# (tests/e2e/src/workspace.rs, build_controller).
+MELTEMI_CONTROLLER_BUILT=1 cargo test --workspace --no-fail-fast
