@@ -413,16 +413,16 @@ pub fn translate_cached<'c>(
                 remote_urls.insert(url.clone());
             }
         }
-        // Plain Envoy only: on Istio, istiod applies Telemetry itself.
-        let telemetry = (options.target == Target::Envoy)
-            .then(|| {
-                let ns = services
-                    .first()
-                    .map(|s| s.se.namespace())
-                    .unwrap_or("default");
-                crate::telemetry::for_port(inputs, ns)
-            })
-            .flatten();
+        // Both targets: on Istio the bridge's HCM replaces the tcp_proxy istiod applied
+        // Telemetry to, so its access logs and tracing must come from here (the EnvoyFilter
+        // carries this HCM, the collector clusters go in with the bridge's clusters).
+        let telemetry = {
+            let ns = services
+                .first()
+                .map(|s| s.se.namespace())
+                .unwrap_or("default");
+            crate::telemetry::for_port(inputs, ns)
+        };
         let key = PortKeyRef {
             protocol,
             module,

@@ -907,6 +907,31 @@ fn istio_shaped_sidecar_gets_live_routes_over_rds() {
     let dir = TempDir::new("istio");
     let config = dir.0.join("config");
     demo_config(&config, port, &v1, &v2, &[("v1", 100)]);
+    // A mesh-wide Telemetry with a file access log: the bridge's HCM replaced the tcp_proxy
+    // istiod applies Telemetry to, so the EnvoyFilter's HCM must carry it.
+    let access_log = dir.0.join("access.log");
+    std::fs::write(
+        config.join("telemetry.yaml"),
+        format!(
+            "apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+    - name: calls
+      envoyFileAccessLog: {{path: {}}}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: mesh-default, namespace: istio-system}}
+spec:
+  accessLogging: [{{providers: [{{name: calls}}]}}]
+",
+            access_log.display()
+        ),
+    )
+    .expect("write telemetry");
 
     // istiod's part, played by the stand-in sidecar bootstrap (gateway listener left out).
     let raw = std::fs::read_to_string(
@@ -979,10 +1004,35 @@ fn istio_shaped_sidecar_gets_live_routes_over_rds() {
             "cluster.outbound|{port}|v2|demo.upstream_cx_total"
         )) >= 1
     );
+    // One access log line per call (Envoy flushes the file on its own schedule), each naming
+    // the call's method and the istiod subset cluster it went to.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let text = std::fs::read_to_string(&access_log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines.len() >= calls.len() || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(lines.len(), calls.len(), "access log lines vs calls");
+    for l in &lines {
+        assert_eq!(
+            (l["protocol"].as_str(), l["method"].as_str()),
+            (Some("minirpc"), Some("echo")),
+            "{l}"
+        );
+        let cluster = l["upstream_cluster"].as_str().unwrap_or("");
+        assert!(cluster.starts_with(&format!("meltemi|{port}|v")), "{l}");
+    }
     eprintln!(
-        "istio-shaped sidecar: {} calls, flip seen in {:.1} ms",
+        "istio-shaped sidecar: {} calls, flip seen in {:.1} ms, {} access log lines",
         calls.len(),
-        flip.as_secs_f64() * 1000.0
+        flip.as_secs_f64() * 1000.0,
+        lines.len()
     );
 }
 
