@@ -92,3 +92,52 @@ impl Client {
         read_frame(&mut self.0)
     }
 }
+
+/// One connection keeping `depth` echo calls in flight (a new call as each answer arrives,
+/// answers matched by seqid) for `total` calls: a pipelining Thrift client, as
+/// [`crate::dubbo_load::run_in_flight`] is a multiplexing Dubbo consumer. Returns the
+/// measurement of Envoy `envoy_pid`; a lost or foreign answer fails.
+pub fn run_in_flight(
+    envoy_pid: u32,
+    port: u16,
+    depth: u64,
+    total: u64,
+) -> crate::load::Measurement {
+    use std::collections::HashMap;
+    use std::time::Instant;
+    let call = |seq: u64| call_frame("echo", seq as i32, &[b'x'; 128]);
+    let mut conn = crate::load::connect(port);
+    let mut latency = crate::load::histogram();
+    let cpu_before = crate::load::process_cpu(envoy_pid);
+    let start = Instant::now();
+    let mut waiting: HashMap<i32, Instant> = HashMap::new();
+    let mut next = 1u64;
+    let mut batch = Vec::new();
+    while next <= depth.min(total) {
+        batch.extend(call(next));
+        waiting.insert(next as i32, Instant::now());
+        next += 1;
+    }
+    conn.write_all(&batch).expect("write calls");
+    let mut answered = 0u64;
+    while answered < total {
+        let body = read_frame(&mut conn).expect("an answer");
+        let seq = seqid(&body).expect("a seqid");
+        let sent = waiting
+            .remove(&seq)
+            .unwrap_or_else(|| panic!("answer {seq} not awaited"));
+        latency.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+        answered += 1;
+        if next <= total {
+            conn.write_all(&call(next)).expect("write call");
+            waiting.insert(next as i32, Instant::now());
+            next += 1;
+        }
+    }
+    crate::load::Measurement {
+        requests: answered,
+        elapsed: start.elapsed(),
+        envoy_cpu: crate::load::process_cpu(envoy_pid).saturating_sub(cpu_before),
+        latency,
+    }
+}

@@ -18,10 +18,11 @@
 //! second, and latency p50/p99/p999 from a histogram over all rounds; then one fixed-rate run
 //! per path, whose latency counts from when each call was due (no coordinated omission).
 //!
-//! Then Dubbo2 on ONE client connection with 1, 8 and 32 calls in flight (a multiplexing
-//! consumer, answers matched by id): tcp_proxy, native `dubbo_proxy`, and the Meltemi builds
-//! with HTTP/1.1 and with HTTP/2 toward HCM; at each depth every path runs right after the
-//! native proxy.
+//! Then Dubbo2 and Thrift on ONE client connection with 1, 8 and 32 calls in flight (a
+//! multiplexing Dubbo consumer, answers matched by id; a pipelining Thrift client, by seqid):
+//! tcp_proxy, the native `dubbo_proxy` / `thrift_proxy`, and the Meltemi builds with HTTP/1.1
+//! and with HTTP/2 toward HCM; at each depth every path runs right after the native proxy.
+//! `MELTEMI_BENCH_PROTOCOLS` picks tables: `thrift,dubbo,inflight,thrift-inflight` (default).
 //!
 //! Usage: `meltemi-bench [rounds=5] [connections=4] [requests=10000] [rate=2000]
 //! [inflight=20000] [out=FILE]` (requests per connection per run; rate = total calls/s of the
@@ -468,17 +469,59 @@ fn ratio(rows: &[Row], label: &str) -> f64 {
         .map_or(f64::NAN, |r| median(&r.ratio))
 }
 
-/// Dubbo2 calls in flight on one client connection: every path at 1, 8 and 32.
-fn in_flight(args: &Args, out: &mut String) {
-    let server = dubbo_load::start_echo_provider();
+/// Which protocol an in-flight table loads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    /// A multiplexing Dubbo2 consumer (answers matched by id, any order) against dubbo_proxy.
+    Dubbo,
+    /// A pipelining framed/binary Thrift client (answers matched by seqid) against thrift_proxy.
+    Thrift,
+}
+
+/// Calls in flight on one client connection: every path at 1, 8 and 32.
+fn in_flight(args: &Args, out: &mut String, kind: InFlight) {
+    let (server, proxy, baseline, protocol, package, module, host, codec) = match kind {
+        InFlight::Dubbo => {
+            let iface = "org.meltemi.demo.EchoService";
+            (
+                dubbo_load::start_echo_provider(),
+                ("native dubbo_proxy", "dubbo_proxy.yaml"),
+                "dubbo_proxy",
+                "dubbo",
+                "meltemi-dubbo",
+                "meltemi_dubbo",
+                iface,
+                (
+                    json!({"known_services": [iface], "known_methods": ["echo"]}),
+                    json!({}),
+                ),
+            )
+        }
+        InFlight::Thrift => {
+            let codec = json!({"codec": {"transport": "framed", "protocol": "binary"}});
+            let mut front = codec.clone();
+            front["service"] = json!("echo");
+            front["known_methods"] = json!(["echo"]);
+            (
+                thrift_load::start_echo_server(),
+                ("native thrift_proxy", "thrift_proxy.yaml"),
+                "thrift_proxy",
+                "thrift",
+                "meltemi-thrift",
+                "meltemi_thrift",
+                "echo",
+                (front, codec),
+            )
+        }
+    };
+    let load = match kind {
+        InFlight::Dubbo => dubbo_load::run_in_flight,
+        InFlight::Thrift => thrift_load::run_in_flight,
+    };
     let mut routes = Vec::new();
-    for (label, template) in [
-        ("native dubbo_proxy", "dubbo_proxy.yaml"),
-        ("tcp_proxy", "tcp_proxy.yaml"),
-    ] {
+    for (label, template) in [proxy, ("tcp_proxy", "tcp_proxy.yaml")] {
         routes.push(anchor(label, template, "bench-inflight", server));
     }
-    let iface = "org.meltemi.demo.EchoService";
     for (hcm, labels) in [
         (
             "http1",
@@ -486,16 +529,16 @@ fn in_flight(args: &Args, out: &mut String) {
         ),
         ("http2", ["meltemi wasm, HTTP/2", "meltemi native, HTTP/2"]),
     ] {
-        let front =
-            json!({"known_services": [iface], "known_methods": ["echo"], "hcm_protocol": hcm});
+        let mut front = codec.0.clone();
+        front["hcm_protocol"] = json!(hcm);
         let builds = meltemi_routes(
             Codec {
-                protocol: "dubbo",
-                package: "meltemi-dubbo",
-                module: "meltemi_dubbo",
+                protocol,
+                package,
+                module,
                 front,
-                back: json!({}),
-                host: iface,
+                back: codec.1.clone(),
+                host,
                 method: "echo",
             },
             server,
@@ -509,21 +552,28 @@ fn in_flight(args: &Args, out: &mut String) {
             routes.push(Route { label, ..r });
         }
     }
+    let (title, how) = match kind {
+        InFlight::Dubbo => ("Dubbo2", "answers matched by id, any order"),
+        InFlight::Thrift => (
+            "Thrift framed/binary, 128-byte string echo",
+            "answers matched by seqid",
+        ),
+    };
     let _ = writeln!(
         out,
-        "\n### Dubbo2, calls in flight on one client connection\n\nOne connection, {} calls per path and depth; a new call as each answer arrives (answers matched by id, any order); × = Envoy CPU per call ÷ dubbo_proxy measured right before.\n",
+        "\n### {title}, calls in flight on one client connection\n\nOne connection, {} calls per path and depth; a new call as each answer arrives ({how}); × = Envoy CPU per call ÷ {baseline} measured right before.\n",
         args.inflight
     );
     let _ = writeln!(
         out,
-        "| in flight | path | Envoy CPU µs/call | × dubbo_proxy | calls/s | p50 µs | p99 µs |"
+        "| in flight | path | Envoy CPU µs/call | × {baseline} | calls/s | p50 µs | p99 µs |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for depth in [1u64, 8, 32] {
         for route in &routes[1..] {
             let run = |r: &Route| {
-                dubbo_load::run_in_flight(r.envoy.pid(), r.port, depth, args.inflight / 10 + depth);
-                dubbo_load::run_in_flight(r.envoy.pid(), r.port, depth, args.inflight)
+                load(r.envoy.pid(), r.port, depth, args.inflight / 10 + depth);
+                load(r.envoy.pid(), r.port, depth, args.inflight)
             };
             let base = run(&routes[0]);
             let m = run(route);
@@ -532,7 +582,7 @@ fn in_flight(args: &Args, out: &mut String) {
             }
             row_in_flight(out, depth, route, &m, &base);
             eprintln!(
-                "{depth} in flight: {} {:.1} µs/call ({:.2}× dubbo_proxy)",
+                "{depth} in flight: {} {:.1} µs/call ({:.2}× {baseline})",
                 route.label,
                 m.cpu_us_per_request(),
                 m.cpu_us_per_request() / base.cpu_us_per_request()
@@ -595,20 +645,24 @@ fn main() {
         out,
         "\nEvery Envoy runs with one worker thread. Envoy CPU is read from `/proc/<pid>/stat` before and after each run, so it does not depend on how busy the load generator is; absolute figures move with other jobs on the machine, paired ratios much less."
     );
-    let protocols =
-        std::env::var("MELTEMI_BENCH_PROTOCOLS").unwrap_or_else(|_| "thrift,dubbo,inflight".into());
-    let (thrift, floor) = if protocols.contains("thrift") {
+    let protocols = std::env::var("MELTEMI_BENCH_PROTOCOLS")
+        .unwrap_or_else(|_| "thrift,dubbo,inflight,thrift-inflight".into());
+    let wanted = |p: &str| protocols.split(',').any(|x| x.trim() == p);
+    let (thrift, floor) = if wanted("thrift") {
         thrift(&args, &mut out)
     } else {
         (f64::NAN, f64::NAN)
     };
-    let (dubbo, dubbo_floor) = if protocols.contains("dubbo") {
+    let (dubbo, dubbo_floor) = if wanted("dubbo") {
         dubbo(&args, &mut out)
     } else {
         (f64::NAN, f64::NAN)
     };
-    if args.inflight > 0 && protocols.contains("inflight") {
-        in_flight(&args, &mut out);
+    if args.inflight > 0 && wanted("inflight") {
+        in_flight(&args, &mut out, InFlight::Dubbo);
+    }
+    if args.inflight > 0 && wanted("thrift-inflight") {
+        in_flight(&args, &mut out, InFlight::Thrift);
     }
     let _ = writeln!(
         out,
